@@ -1,0 +1,394 @@
+"""Pipeline throughput and latency: enqueue → claim → render → send → message recorded → completed.
+
+Runs the real dispatcher and session manager with the simulator (no delays, pacing off) in one
+process, each run in a database of its own (created on the PostgreSQL server, then dropped).
+
+    python bench/pipeline.py --peers            # PostgreSQL + pgqueuer + procrastinate + SQLite
+    python bench/pipeline.py --no-sqlite        # PostgreSQL only
+    python bench/pipeline.py --profile out.html # pyinstrument profile of the PostgreSQL drain
+
+Figures (one row each):
+
+- ``drain``: N notifications over M orgs are enqueued with the dispatcher stopped, then the
+  dispatcher is started and timed until every one is completed (comparable with the peers'
+  drain of N no-op jobs enqueued in bulk).
+- ``end-to-end``: N notifications enqueued concurrently (as API calls would) while the
+  dispatcher runs; timed from the first enqueue to the last completion.
+- ``steady``: notifications offered at a fixed rate (``--load`` times the end-to-end figure) for
+  ``--seconds``; each one's latency runs from its scheduled enqueue time to the moment the
+  simulated WhatsApp server accepted it (so it includes any queueing behind the schedule).
+- ``pgqueuer`` / ``procrastinate`` (``--peers``): N no-op jobs enqueued in bulk, then one worker
+  drains them; our drain figure divided by theirs is the ratio column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+from cryptography.fernet import Fernet
+from scratch import DEFAULT_PG, plain, scratch_database
+from sqlalchemy import event, func, select
+
+from wanotify.clock import utcnow
+from wanotify.notifications import service as notifications
+from wanotify.notifications.models import Notification
+from wanotify.orgs import service as orgs
+from wanotify.runtime import Runtime
+from wanotify.settings import Settings
+from wanotify.transports import build_transport
+from wanotify.transports.simulator import SimulatorNetwork
+
+TEMPLATE_VARS = {
+    "vehicle_name": "Truck 7",
+    "plate_number": "KDA 123X",
+    "service_type": "oil change",
+    "due_date": "2026-12-01",
+}
+
+
+@dataclass
+class Row:
+    backend: str
+    figure: str
+    count: int
+    per_second: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    note: str = ""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# ---- databases -----------------------------------------------------------------------------------
+
+
+# ---- our pipeline --------------------------------------------------------------------------------
+
+
+async def link_orgs(runtime: Runtime, count: int) -> list[uuid.UUID]:
+    network = runtime.transport.network  # type: ignore[attr-defined]
+    assert isinstance(network, SimulatorNetwork)
+    ids = []
+    for i in range(count):
+        async with runtime.factory() as db:
+            created = await orgs.create_org(
+                db,
+                name=f"Bench {i}",
+                plan="basic",
+                owner_email=f"bench{i}-{uuid.uuid4().hex[:6]}@bench.test",
+                owner_password="bench-password",
+            )
+        row, _ = await runtime.sessions.init(org_id=created.org.id, actor="bench")
+        network.scan(f"+1415555{1000 + i:04d}", str(row.qr_code))
+        await network.wait_idle()
+        while (await runtime.sessions.get(org_id=created.org.id)).status != "connected":
+            await asyncio.sleep(0.01)
+        ids.append(created.org.id)
+    return ids
+
+
+async def enqueue(runtime: Runtime, org_id: uuid.UUID, phone: str) -> None:
+    async with runtime.factory() as db:
+        await notifications.enqueue(
+            db,
+            org_id=org_id,
+            notification_type="maintenance_due",
+            recipient_phone=phone,
+            template="maintenance_due",
+            message_data=TEMPLATE_VARS,
+        )
+    runtime.dispatcher.wake()
+
+
+async def count_done(runtime: Runtime) -> int:
+    async with runtime.factory() as db:
+        done = await db.scalar(
+            select(func.count()).where(Notification.status.in_(("completed", "failed")))
+        )
+    return int(done or 0)
+
+
+async def until_done(runtime: Runtime, total: int) -> None:
+    while await count_done(runtime) < total:
+        await asyncio.sleep(0.02)
+
+
+async def bounded(jobs: list[Callable[[], Awaitable[None]]], limit: int) -> None:
+    """Run ``jobs`` at most ``limit`` at a time (an API server's worth of concurrent requests)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Callable[[], Awaitable[None]]) -> None:
+        async with gate:
+            await job()
+
+    await asyncio.gather(*(one(j) for j in jobs))
+
+
+def _phone(block: int, n: int) -> str:
+    return f"+1{202 + block}555{n % 10000:04d}"
+
+
+async def drain(
+    runtime: Runtime, org_ids: list[uuid.UUID], n: int, done: int, profile: str = ""
+) -> tuple[float, float, float]:
+    """Returns notifications/s, this process's CPU milliseconds per notification and SQL
+    statements per notification (including the receipts and the bench's own polling)."""
+    await runtime.dispatcher.stop()
+    await bounded(
+        [(lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(0, i))) for i in range(n)],
+        16,
+    )
+    profiler = None
+    if profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(async_mode="disabled")
+        profiler.start()
+    statements = [0]
+
+    def count(*_: object) -> None:
+        statements[0] += 1
+
+    event.listen(runtime.engine.sync_engine, "before_cursor_execute", count)
+    started, cpu = time.perf_counter(), time.process_time()
+    await runtime.dispatcher.start()
+    await until_done(runtime, done + n)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    event.remove(runtime.engine.sync_engine, "before_cursor_execute", count)
+    if profiler:
+        profiler.stop()
+        Path(profile).write_text(profiler.output_html())  # noqa: ASYNC240
+        print(profiler.output_text(unicode=False, color=False, show_all=False))
+    return n / elapsed, cpu * 1000 / n, statements[0] / n
+
+
+async def end_to_end(runtime: Runtime, org_ids: list[uuid.UUID], n: int, done: int) -> float:
+    started = time.perf_counter()
+    await bounded(
+        [(lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(1, i))) for i in range(n)],
+        16,
+    )
+    await until_done(runtime, done + n)
+    return n / (time.perf_counter() - started)
+
+
+async def steady(
+    runtime: Runtime, org_ids: list[uuid.UUID], rate: float, seconds: float, done: int
+) -> tuple[list[float], float]:
+    """Offer ``rate``/s on a fixed schedule (open loop); latency per notification from its
+    scheduled time to its acceptance by the simulated server. Returns latencies and the rate
+    actually achieved."""
+    network = runtime.transport.network  # type: ignore[attr-defined]
+    n = min(10_000, max(1, int(rate * seconds)))
+    loop = asyncio.get_running_loop()
+    start_wall, start_mono = utcnow(), loop.time()
+    scheduled: dict[str, datetime] = {}
+    tasks = []
+    for i in range(n):
+        offset = i / rate
+        delay = start_mono + offset - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        phone = _phone(2, i)
+        scheduled[phone] = start_wall + timedelta(seconds=offset)
+        tasks.append(asyncio.create_task(enqueue(runtime, org_ids[i % len(org_ids)], phone)))
+    await asyncio.gather(*tasks)
+    await until_done(runtime, done + n)
+    elapsed = loop.time() - start_mono
+    latencies = []
+    for phone, at in scheduled.items():
+        (message,) = network.inbox(phone)
+        accepted = datetime.fromisoformat(message["at"])
+        latencies.append((accepted - at).total_seconds() * 1000)
+    return latencies, n / elapsed
+
+
+def make_settings(database_url: str, data: Path) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=data,
+        database_url=database_url,
+        encryption_key=Fernet.generate_key().decode(),
+        jwt_secret="bench-" + "x" * 40,
+        sim_delivery_delay_seconds=0.0,
+        sim_send_latency_seconds=0.0,
+        pacing=False,  # measures the pipeline, not WhatsApp's safe sending rate
+    )
+
+
+async def ours(args: argparse.Namespace, database_url: str, backend: str) -> list[Row]:
+    settings = make_settings(database_url, Path(tempfile.mkdtemp(prefix="wanotify-bench-")))
+    if args.batch:
+        settings.dispatch_batch_size = args.batch
+    if args.concurrency:
+        settings.dispatch_concurrency = args.concurrency
+    # The simulator keeps no state file here: its JSON dump is the simulator's cost, not ours.
+    network = SimulatorNetwork(delivery_delay_seconds=0.0, send_latency_seconds=0.0)
+    runtime = Runtime(settings, transport=build_transport(settings, network=network))
+    await runtime.start()
+    try:
+        org_ids = await link_orgs(runtime, args.orgs)
+        profile = args.profile if backend == "postgresql" else ""
+        drained, cpu_ms, per = await drain(runtime, org_ids, args.notifications, 0, profile)
+        e2e = await end_to_end(runtime, org_ids, args.notifications, args.notifications)
+        rate = args.load * e2e
+        latencies, achieved = await steady(
+            runtime, org_ids, rate, args.seconds, 2 * args.notifications
+        )
+    finally:
+        await runtime.stop()
+    return [
+        Row(
+            backend,
+            "drain",
+            args.notifications,
+            drained,
+            note=f"{cpu_ms:.1f} ms CPU, {per:.1f} SQL statements each",
+        ),
+        Row(backend, "end-to-end", args.notifications, e2e),
+        Row(
+            backend,
+            "steady",
+            len(latencies),
+            achieved,
+            statistics.median(latencies),
+            percentile(latencies, 0.99),
+            f"offered {rate:,.0f}/s ({args.load:.0%} of end-to-end)",
+        ),
+    ]
+
+
+# ---- peers -------------------------------------------------------------------------------------
+
+
+async def pgqueuer_noop(database_url: str, n: int, batch: int) -> float:
+    from pgqueuer import AsyncpgDriver, Queries, QueueManager
+    from pgqueuer.models import Job
+    from pgqueuer.types import QueueExecutionMode
+
+    setup = await asyncpg.connect(plain(database_url))
+    queries = Queries(AsyncpgDriver(setup))
+    await queries.install()
+    for start in range(0, n, 1000):
+        k = min(1000, n - start)
+        await queries.enqueue(["noop"] * k, [None] * k, [0] * k)
+    await setup.close()
+
+    conn = await asyncpg.connect(plain(database_url))
+    manager = QueueManager(Queries(AsyncpgDriver(conn)))
+
+    @manager.entrypoint("noop")
+    async def noop(job: Job) -> None:
+        return None
+
+    started = time.perf_counter()
+    await manager.run(mode=QueueExecutionMode.drain, batch_size=batch)
+    elapsed = time.perf_counter() - started
+    await conn.close()
+    return n / elapsed
+
+
+async def procrastinate_noop(database_url: str, n: int, concurrency: int) -> float:
+    import procrastinate
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=plain(database_url)))
+
+    @app.task(name="noop")
+    async def noop() -> None:
+        return None
+
+    async with app.open_async():
+        await app.schema_manager.apply_schema_async()
+        for start in range(0, n, 1000):
+            await noop.batch_defer_async(*([{}] * min(1000, n - start)))
+        started = time.perf_counter()
+        await app.run_worker_async(
+            concurrency=concurrency, wait=False, install_signal_handlers=False
+        )
+        elapsed = time.perf_counter() - started
+    return n / elapsed
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+
+def print_table(rows: list[Row]) -> None:
+    reference = next((r for r in rows if r.backend == "postgresql" and r.figure == "drain"), None)
+    print()
+    print("| backend | figure | n | per second | p50 ms | p99 ms | ours ÷ this | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        p50 = f"{r.p50_ms:.1f}" if r.p50_ms is not None else ""
+        p99 = f"{r.p99_ms:.1f}" if r.p99_ms is not None else ""
+        ratio = ""
+        if reference and r.backend in ("pgqueuer", "procrastinate"):
+            ratio = f"{reference.per_second / r.per_second:.2f}x"
+        print(
+            f"| {r.backend} | {r.figure} | {r.count:,} | {r.per_second:,.0f} | {p50} | {p99} | "
+            f"{ratio} | {r.note} |"
+        )
+
+
+async def main(args: argparse.Namespace) -> None:
+    rows: list[Row] = []
+    async with scratch_database(args.database_url, "wanotify_bench") as url:
+        rows += await ours(args, url, "postgresql")
+    if args.peers:
+        async with scratch_database(args.database_url, "pgqueuer_bench") as url:
+            rate = await pgqueuer_noop(url, args.notifications, args.peer_batch)
+        rows.append(
+            Row(
+                "pgqueuer",
+                "drain no-op",
+                args.notifications,
+                rate,
+                note=f"batch_size={args.peer_batch}",
+            )
+        )
+        async with scratch_database(args.database_url, "procrastinate_bench") as url:
+            rate = await procrastinate_noop(url, args.notifications, args.peer_concurrency)
+        rows.append(
+            Row(
+                "procrastinate",
+                "drain no-op",
+                args.notifications,
+                rate,
+                note=f"concurrency={args.peer_concurrency}",
+            )
+        )
+    if args.sqlite:
+        path = Path(tempfile.mkdtemp(prefix="wanotify-bench-sqlite-")) / "wanotify.db"
+        rows += await ours(args, f"sqlite+aiosqlite:///{path}", "sqlite")
+    print_table(rows)
+    print(f"\norgs={args.orgs} load average {os.getloadavg()[0]:.2f} (1 min)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=DEFAULT_PG, help="PostgreSQL admin URL")
+    parser.add_argument("--orgs", type=int, default=10)
+    parser.add_argument("--notifications", type=int, default=5000)
+    parser.add_argument("--seconds", type=float, default=10.0, help="steady-load duration")
+    parser.add_argument("--load", type=float, default=0.6, help="steady rate ÷ end-to-end rate")
+    parser.add_argument("--batch", type=int, default=0, help="dispatch_batch_size (0: setting)")
+    parser.add_argument("--concurrency", type=int, default=0, help="dispatch_concurrency")
+    parser.add_argument("--peers", action="store_true", help="also pgqueuer and procrastinate")
+    parser.add_argument("--peer-batch", type=int, default=50)
+    parser.add_argument("--peer-concurrency", type=int, default=32)
+    parser.add_argument("--no-sqlite", dest="sqlite", action="store_false")
+    parser.add_argument("--profile", default="", help="write a pyinstrument HTML profile here")
+    asyncio.run(main(parser.parse_args()))

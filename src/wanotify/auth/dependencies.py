@@ -1,0 +1,54 @@
+"""``CurrentUser`` and role-gated dependencies for routers.
+
+Each route names the least role it needs: ``Viewer`` reads, ``Member`` sends, ``Admin`` manages
+the session, templates and keys, ``PlatformAdmin`` creates customer orgs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from wanotify.auth.roles import Role, at_least
+from wanotify.auth.service import Principal, principal_for
+from wanotify.db.engine import SessionDep
+from wanotify.db.rls import scope_to_org
+from wanotify.deps import SettingsDep
+from wanotify.errors import Forbidden, Unauthorized
+
+
+async def get_principal(request: Request, db: SessionDep, settings: SettingsDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    try:
+        principal = await principal_for(db, settings, bearer=token.strip())
+    finally:
+        # End the lookup's transaction: on SQLite it holds the write lock, and the handler may
+        # open sessions of its own (the session manager does).
+        await db.commit()
+    # Row-level security: the rest of the request reads and writes the caller's org only.
+    await scope_to_org(db, principal.org_id)
+    request.state.principal = principal
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(get_principal)]
+
+
+def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: CurrentUser) -> Principal:
+        if not at_least(principal.role, role):
+            raise Forbidden(f"this needs the {role} role; you are {principal.role}")
+        return principal
+
+    return check
+
+
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Member = Annotated[Principal, Depends(require("member"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+PlatformAdmin = Annotated[Principal, Depends(require("platform"))]

@@ -1,0 +1,1 @@
+"""Meta WhatsApp Cloud API accounts: per-org credentials and the signed webhook."""

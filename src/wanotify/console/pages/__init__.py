@@ -1,0 +1,1 @@
+"""One module per console page group, each with its own router."""

@@ -1,0 +1,1 @@
+"""Database access: the engine, the one module of dialect differences, and migrations."""

@@ -1,0 +1,61 @@
+"""``whatsapp_audit_logs``: who did what to an org's WhatsApp setup, and when.
+
+It sits in ``db`` because every domain package writes to it; reading it is an orgs concern.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Uuid
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from wanotify.clock import utcnow
+from wanotify.db.base import Base, JSONType, UTCDateTime, new_id
+from wanotify.requestinfo import current_origin
+
+
+class AuditLog(Base):
+    __tablename__ = "whatsapp_audit_logs"
+    __table_args__ = (Index("ix_audit_org_created", "org_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    session_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    actor: Mapped[str] = mapped_column(String(64), default="system")
+    action: Mapped[str] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # "from where": the HTTP client of the request that did it (None for background work)
+    ip_address: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+
+
+async def record(
+    db: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    action: str,
+    actor: str = "system",
+    session_id: uuid.UUID | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditLog:
+    """Add an audit entry to the caller's transaction (committed with the change it records),
+    naming the client of the HTTP request being handled, if any."""
+    origin = current_origin()
+    entry = AuditLog(
+        org_id=org_id,
+        session_id=session_id,
+        actor=actor,
+        action=action,
+        details=details or {},
+        ip_address=origin.ip if origin else None,
+        user_agent=origin.user_agent if origin else None,
+    )
+    db.add(entry)
+    return entry

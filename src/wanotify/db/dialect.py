@@ -1,0 +1,80 @@
+"""Every difference between SQLite and PostgreSQL lives here, not in the queries.
+
+- SQLite has one writer at a time: each transaction starts ``BEGIN IMMEDIATE`` so writers queue
+  on the lock instead of failing half-way with "database is locked"; WAL lets readers go on.
+- PostgreSQL claims queue rows with ``FOR UPDATE SKIP LOCKED`` (SQLite's compiler drops it, and
+  its single writer makes it unnecessary there).
+- Upserts use each dialect's own ``INSERT ... ON CONFLICT``.
+- PostgreSQL sessions take a row-level-security scope (role + org) per transaction
+  (``db/rls.py``); SQLite has no RLS, and ``WANOTIFY_RLS=false`` turns it off.
+- ``NOTIFY`` (wake other instances) exists only on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Text, cast, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
+
+from wanotify.db.rls import ScopedSession
+
+
+def is_sqlite(engine: AsyncEngine | Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def configure_engine(engine: AsyncEngine) -> None:
+    """Apply per-dialect connection setup once, right after the engine is made."""
+    if not is_sqlite(engine):
+        return
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN out of the driver's hands so we can say IMMEDIATE ourselves.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def session_class(engine: AsyncEngine, *, rls: bool) -> type[Session]:
+    """PostgreSQL with RLS on: sessions that set their role and org per transaction."""
+    return Session if is_sqlite(engine) or not rls else ScopedSession
+
+
+def skip_locked(query: Select[Any]) -> Select[Any]:
+    """Row locks that other claimers skip (PostgreSQL); a no-op on SQLite's single writer."""
+    return query.with_for_update(skip_locked=True)
+
+
+def insert(dialect_name: str, table: Any) -> Any:
+    """The dialect's INSERT construct, which offers ``on_conflict_do_nothing/update``."""
+    if dialect_name == "sqlite":
+        return sqlite.insert(table)
+    return postgresql.insert(table)
+
+
+async def notify(db: Any, channel: str, payload: str) -> None:
+    """PostgreSQL: ``NOTIFY channel, payload`` (delivered when the transaction commits).
+    SQLite: nothing; one process there, and pollers cover the rest."""
+    if db.get_bind().dialect.name != "postgresql":
+        return
+    await db.execute(select(func.pg_notify(channel, payload)))
+
+
+def json_present(column: Any) -> Any:
+    """A JSON column holds a value: neither SQL NULL nor JSON ``null`` (what ``None`` becomes
+    when written through the JSON type, on both databases)."""
+    return func.coalesce(cast(column, Text), "null") != "null"

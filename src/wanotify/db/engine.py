@@ -1,0 +1,61 @@
+"""Engine and session factory, plus the FastAPI ``SessionDep`` dependency."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from wanotify.db import rls as row_security
+from wanotify.db.dialect import configure_engine, is_sqlite, session_class
+from wanotify.settings import Settings
+
+SessionFactory = async_sessionmaker[AsyncSession]
+
+
+def make_engine(settings: Settings, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        settings.ensure_data_dir()
+        engine = create_async_engine(url, pool_size=8, max_overflow=8, pool_timeout=60)
+    else:
+        engine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+        )
+    configure_engine(engine)
+    return engine
+
+
+def make_session_factory(
+    engine: AsyncEngine, *, worker: bool = False, rls: bool = True
+) -> SessionFactory:
+    """Sessions on ``engine``. On PostgreSQL (``rls``) each one is scoped per transaction:
+    ``worker=True`` → every org (background work, CLI); otherwise the org that
+    ``db.rls.scope_to_org`` names, and until then nothing (see ``db/rls.py``)."""
+    info = {row_security.SCOPE_KEY: row_security.WORKER} if worker else {}
+    return async_sessionmaker(
+        engine,
+        expire_on_commit=False,
+        sync_session_class=session_class(engine, rls=rls),
+        info=info,
+    )
+
+
+def dialect_name(engine: AsyncEngine) -> str:
+    return "sqlite" if is_sqlite(engine) else "postgresql"
+
+
+async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
+    factory: SessionFactory = request.app.state.session_factory
+    async with factory() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_db)]

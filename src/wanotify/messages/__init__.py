@@ -1,0 +1,1 @@
+"""Message history, receipts (sent → delivered → read) and incoming replies (opt-outs)."""

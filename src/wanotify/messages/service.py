@@ -1,0 +1,416 @@
+"""The rules of a message's life: status only moves forward, receipts set their timestamps,
+and a STOP reply opts the sender out of the org's notifications."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from wanotify.clock import utcnow
+from wanotify.db.dialect import insert
+from wanotify.db.pagination import Page, newest_first
+from wanotify.errors import NotFound
+from wanotify.messages.models import OptOut, WhatsAppMessage
+from wanotify.webhooks import service as webhooks
+from wanotify.webhooks.models import WebhookEndpoint
+
+ORDER = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4}
+# The carrier-standard keywords (CTIA: STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT) plus the
+# common French/Spanish/German/Nordic ones; a whole reply must be the word, so "stop by at 5"
+# is not an opt-out.
+STOP_WORDS = {
+    "stop",
+    "stopall",
+    "stop all",
+    "unsubscribe",
+    "cancel",
+    "end",
+    "quit",
+    "opt out",
+    "optout",
+    "arret",
+    "arrêt",
+    "baja",
+    "stopp",
+}
+START_WORDS = {"start", "unstop", "subscribe", "resume", "opt in", "optin"}
+
+
+def new_whatsapp_message_id() -> str:
+    """An id in WhatsApp Web's own format (``3EB0`` + hex), made before the send."""
+    return "3EB0" + secrets.token_hex(8).upper()
+
+
+def _earlier(status: str) -> list[str]:
+    return [s for s, rank in ORDER.items() if rank < ORDER[status]]
+
+
+async def record_outgoing(
+    db: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    session_id: uuid.UUID | None,
+    notification_id: uuid.UUID,
+    recipient_phone: str,
+    body: str,
+    template_id: uuid.UUID | None,
+    sent_by: uuid.UUID | None,
+    none_yet: bool = False,
+) -> WhatsAppMessage:
+    """The message row for a notification, created once before the first send attempt.
+
+    A retry finds the same row and so reuses its WhatsApp message id: the recipient's phone
+    drops a second copy with an id it has already seen. ``none_yet``: the caller holds the
+    notification's lease and has read since claiming it that it has no message row, so the
+    look-up is skipped (nobody else may create one meanwhile).
+    """
+    existing = None
+    if not none_yet:
+        existing = await db.scalar(
+            select(WhatsAppMessage).where(WhatsAppMessage.notification_id == notification_id)
+        )
+    if existing is not None:
+        if existing.status in ("queued", "failed"):  # accepted up front, or a retried failure
+            existing.status, existing.error, existing.failed_at = "sending", None, None
+        existing.message_body = body
+        existing.session_id = session_id
+        return existing
+    return await create_message(
+        db,
+        org_id=org_id,
+        session_id=session_id,
+        notification_id=notification_id,
+        recipient_phone=recipient_phone,
+        body=body,
+        template_id=template_id,
+        sent_by=sent_by,
+        status="sending",
+    )
+
+
+async def create_message(
+    db: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    session_id: uuid.UUID | None,
+    notification_id: uuid.UUID,
+    recipient_phone: str,
+    body: str,
+    template_id: uuid.UUID | None,
+    sent_by: uuid.UUID | None,
+    status: str,
+) -> WhatsAppMessage:
+    """A notification's message row with its WhatsApp id fixed now (``queued`` when the text is
+    accepted up front, ``sending`` when it is made just before the first send)."""
+    message = WhatsAppMessage(
+        org_id=org_id,
+        session_id=session_id,
+        notification_id=notification_id,
+        recipient_phone=recipient_phone,
+        message_type="template" if template_id else "text",
+        message_body=body,
+        status=status,
+        whatsapp_message_id=new_whatsapp_message_id(),
+        template_id=template_id,
+        sent_by=sent_by,
+    )
+    db.add(message)
+    await db.flush()
+    return message
+
+
+async def mark_sent(
+    db: AsyncSession,
+    *,
+    message_id: uuid.UUID,
+    at: datetime,
+    whatsapp_message_id: str | None = None,
+) -> None:
+    """``sent`` (never backwards). ``whatsapp_message_id``: the id the back end assigned, when it
+    is not ours (the Cloud API's ``wamid``); receipts name that one."""
+    if whatsapp_message_id:
+        await db.execute(
+            update(WhatsAppMessage)
+            .where(WhatsAppMessage.id == message_id)
+            .values(whatsapp_message_id=whatsapp_message_id)
+        )
+    await db.execute(
+        update(WhatsAppMessage)
+        .where(WhatsAppMessage.id == message_id, WhatsAppMessage.sent_at.is_(None))
+        .values(sent_at=at)
+    )
+    result = await db.execute(
+        update(WhatsAppMessage)
+        .where(WhatsAppMessage.id == message_id, WhatsAppMessage.status.in_(_earlier("sent")))
+        .values(status="sent")
+    )
+    if _changed(result):
+        await _emit_status(db, WhatsAppMessage.id == message_id)
+
+
+async def mark_failed(db: AsyncSession, *, message_id: uuid.UUID, error: str, at: datetime) -> None:
+    result = await db.execute(
+        update(WhatsAppMessage)
+        .where(WhatsAppMessage.id == message_id, WhatsAppMessage.status.in_(("queued", "sending")))
+        .values(status="failed", error=error, failed_at=at)
+    )
+    if _changed(result):
+        await _emit_status(db, WhatsAppMessage.id == message_id)
+
+
+def _changed(result: Any) -> bool:
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def _emit_status(db: AsyncSession, *where: Any) -> None:
+    """Tell the org's webhook (in this transaction) the new status of the matching messages;
+    one query finds them and their org's endpoint (none: nothing to do)."""
+    query = (
+        select(WhatsAppMessage, WebhookEndpoint)
+        .join(WebhookEndpoint, and_(*webhooks.listening(WhatsAppMessage.org_id)))
+        .where(*where)
+        .execution_options(populate_existing=True)
+    )
+    for m, endpoint in await db.execute(query):
+        await webhooks.emit_to(
+            db,
+            endpoint=endpoint,
+            event="message.status",
+            data={
+                "message_id": str(m.id),
+                "notification_id": str(m.notification_id) if m.notification_id else None,
+                "whatsapp_message_id": m.whatsapp_message_id,
+                "recipient_phone": m.recipient_phone,
+                "status": m.status,
+                "error": m.error,
+            },
+        )
+
+
+async def adopt_provider_id(
+    db: AsyncSession, *, session_id: uuid.UUID, our_id: str, provider_id: str
+) -> None:
+    """A provider's status names our id (echoed back) and its own: store its own, so a receipt
+    that overtakes the dispatcher's bookkeeping still finds the message."""
+    await db.execute(
+        update(WhatsAppMessage)
+        .where(
+            WhatsAppMessage.session_id == session_id,
+            WhatsAppMessage.whatsapp_message_id == our_id,
+        )
+        .values(whatsapp_message_id=provider_id)
+    )
+
+
+async def find_by_whatsapp_id(
+    db: AsyncSession, *, session_id: uuid.UUID, whatsapp_message_id: str
+) -> WhatsAppMessage | None:
+    row: WhatsAppMessage | None = await db.scalar(
+        select(WhatsAppMessage).where(
+            WhatsAppMessage.session_id == session_id,
+            WhatsAppMessage.whatsapp_message_id == whatsapp_message_id,
+        )
+    )
+    return row
+
+
+async def mark_failed_after_send(
+    db: AsyncSession, *, message_id: uuid.UUID, error: str, at: datetime
+) -> bool:
+    """The back end accepted the message, then reported it undeliverable (the Cloud API's
+    ``failed`` status). Only a message not yet delivered can fail; returns whether it did."""
+    result = await db.execute(
+        update(WhatsAppMessage)
+        .where(
+            WhatsAppMessage.id == message_id,
+            WhatsAppMessage.status.in_(("queued", "sending", "sent")),
+        )
+        .values(status="failed", error=error, failed_at=at)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def of_notifications(
+    db: AsyncSession, *, notification_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, WhatsAppMessage]:
+    """The message rows of many notifications (those without one are absent)."""
+    rows = await db.scalars(
+        select(WhatsAppMessage).where(WhatsAppMessage.notification_id.in_(notification_ids))
+    )
+    return {row.notification_id: row for row in rows if row.notification_id is not None}
+
+
+async def failure_of(db: AsyncSession, *, message_id: uuid.UUID) -> str | None:
+    """The error of a message that has failed, else None."""
+    error: str | None = await db.scalar(
+        select(WhatsAppMessage.error).where(
+            WhatsAppMessage.id == message_id, WhatsAppMessage.status == "failed"
+        )
+    )
+    return error
+
+
+async def apply_receipt(
+    db: AsyncSession,
+    *,
+    whatsapp_message_id: str,
+    status: str,
+    at: datetime,
+    session_id: uuid.UUID | None = None,
+) -> bool:
+    """Move a message forward to ``delivered`` or ``read``; a late or repeated receipt is a no-op.
+
+    Returns whether anything changed. "read" implies "delivered", so it fills that too.
+    """
+    if status not in ("delivered", "read"):
+        raise ValueError(f"unknown receipt status {status!r}")
+    where = [WhatsAppMessage.whatsapp_message_id == whatsapp_message_id]
+    if session_id is not None:
+        where.append(WhatsAppMessage.session_id == session_id)
+    values: dict[str, Any] = {"status": status}
+    result = await db.execute(
+        update(WhatsAppMessage)
+        .where(*where, WhatsAppMessage.status.in_(_earlier(status)))
+        .values(**values)
+    )
+    await db.execute(
+        update(WhatsAppMessage)
+        .where(*where, WhatsAppMessage.delivered_at.is_(None), WhatsAppMessage.status != "failed")
+        .values(delivered_at=at)
+    )
+    if status == "read":
+        await db.execute(
+            update(WhatsAppMessage)
+            .where(*where, WhatsAppMessage.read_at.is_(None), WhatsAppMessage.status != "failed")
+            .values(read_at=at)
+        )
+    changed = _changed(result)
+    if changed:
+        await _emit_status(db, *where)
+    return changed
+
+
+# ---- opt-outs -------------------------------------------------------------------------------
+
+
+def opt_intent(text: str) -> str | None:
+    """'stop', 'start' or None for an incoming text."""
+    word = " ".join(text.strip().lower().strip(".!").split())
+    if word in STOP_WORDS:
+        return "stop"
+    if word in START_WORDS:
+        return "start"
+    return None
+
+
+async def is_opted_out(db: AsyncSession, *, org_id: uuid.UUID, phone: str) -> bool:
+    return bool(
+        await db.scalar(select(OptOut.phone).where(OptOut.org_id == org_id, OptOut.phone == phone))
+    )
+
+
+async def opted_out_among(
+    db: AsyncSession, *, pairs: Collection[tuple[uuid.UUID, str]]
+) -> set[tuple[uuid.UUID, str]]:
+    """Which (org, phone) pairs are opted out: ``is_opted_out`` of a batch in one query."""
+    if not pairs:
+        return set()
+    orgs = {org_id for org_id, _ in pairs}
+    phones = {phone for _, phone in pairs}
+    rows = await db.execute(
+        select(OptOut.org_id, OptOut.phone).where(OptOut.org_id.in_(orgs), OptOut.phone.in_(phones))
+    )
+    return {(org_id, phone) for org_id, phone in rows} & set(pairs)
+
+
+async def handle_incoming(
+    db: AsyncSession, *, org_id: uuid.UUID, from_phone: str, text: str
+) -> str | None:
+    """Apply STOP/START from a reply; returns the action taken ('opted_out', 'opted_in')."""
+    intent = opt_intent(text)
+    if intent == "stop":
+        dialect = db.get_bind().dialect.name
+        stmt = insert(dialect, OptOut.__table__).values(
+            org_id=org_id,
+            phone=from_phone,
+            reason=f"replied {text.strip()[:50]!r}",
+            created_at=utcnow(),
+        )
+        if _changed(await db.execute(stmt.on_conflict_do_nothing())):
+            await webhooks.emit(
+                db, org_id=org_id, event="opt_out.created", data={"phone": from_phone}
+            )
+        return "opted_out"
+    if intent == "start":
+        removed = await db.execute(
+            delete(OptOut).where(OptOut.org_id == org_id, OptOut.phone == from_phone)
+        )
+        if _changed(removed):
+            await webhooks.emit(
+                db, org_id=org_id, event="opt_out.removed", data={"phone": from_phone}
+            )
+        return "opted_in"
+    return None
+
+
+# ---- history --------------------------------------------------------------------------------
+
+
+async def list_messages(
+    db: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    status: str | None = None,
+    to: str | None = None,
+    template_id: uuid.UUID | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[WhatsAppMessage]:
+    query = select(WhatsAppMessage).where(WhatsAppMessage.org_id == org_id)
+    if status:
+        query = query.where(WhatsAppMessage.status == status)
+    if to:
+        query = query.where(WhatsAppMessage.recipient_phone == to)
+    if template_id:
+        query = query.where(WhatsAppMessage.template_id == template_id)
+    if since:
+        query = query.where(WhatsAppMessage.created_at >= since)
+    if until:
+        query = query.where(WhatsAppMessage.created_at < until)
+    return await newest_first(db, query, WhatsAppMessage, limit=limit, cursor=cursor)
+
+
+async def get_message(
+    db: AsyncSession, *, org_id: uuid.UUID, message_id: uuid.UUID
+) -> WhatsAppMessage:
+    row = await db.scalar(
+        select(WhatsAppMessage).where(
+            WhatsAppMessage.id == message_id, WhatsAppMessage.org_id == org_id
+        )
+    )
+    if row is None:
+        raise NotFound("message not found")
+    return row
+
+
+def timeline(message: WhatsAppMessage) -> list[dict[str, Any]]:
+    """queued → sent → delivered → read (or failed), with the time of each step reached."""
+    steps: list[dict[str, Any]] = [{"status": "queued", "at": message.created_at}]
+    for name, at in (
+        ("sent", message.sent_at),
+        ("delivered", message.delivered_at),
+        ("read", message.read_at),
+    ):
+        if at is not None:
+            steps.append({"status": name, "at": at})
+    if message.failed_at is not None:
+        steps.append({"status": "failed", "at": message.failed_at, "error": message.error})
+    return steps

@@ -1,0 +1,552 @@
+"""The dispatcher: claims due notifications in batches and sends each through its org's session.
+
+It sleeps on an event that enqueues set (so a new notification is picked up within
+milliseconds), bounded by the next due time and a polling fallback for enqueues made by other
+processes. Rules (SPEC §3): no session, logged out, failed or paused → fail at once ("session not
+connected"); linked but disconnected → wait for the reconnect; opted-out recipient → fail;
+not on WhatsApp → fail without retry; other errors → retry with backoff up to max_attempts.
+
+Account safety (``pacing``): a paused number (temporary ban), quiet hours and the pacing rules
+(gap, budgets, warm-up, per-recipient cap) put a notification back to pending until the moment
+it may go, with its attempt refunded; a ``critical`` notification type bypasses opt-outs (audited)
+and quiet hours, never pacing. Repeated send errors pause the number like a ban.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from wanotify import backoff, metrics
+from wanotify.clock import utcnow
+from wanotify.db.audit import record
+from wanotify.db.engine import SessionFactory
+from wanotify.db.notify import QUEUE_CHANNEL, PgListener
+from wanotify.errors import DomainError
+from wanotify.logs import bind
+from wanotify.messages import service as messages
+from wanotify.messages.models import WhatsAppMessage
+from wanotify.notifications import queue
+from wanotify.notifications.models import Notification
+from wanotify.pacing import rules as pacing_rules
+from wanotify.pacing import service as pacing
+from wanotify.sessions import service as sessions
+from wanotify.sessions.manager import SessionManager
+from wanotify.sessions.models import WhatsAppSession
+from wanotify.settings import Settings
+from wanotify.templates import rendering
+from wanotify.templates.models import WhatsAppTemplate
+from wanotify.transports.base import Connection, NotConnected, RecipientNotOnWhatsApp, SendError
+
+log = logging.getLogger(__name__)
+
+NOT_CONNECTED = "session not connected"
+OPTED_OUT = "recipient opted out"
+NOT_ON_WHATSAPP = "recipient is not on WhatsApp"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one notification; applied to the row in one transaction."""
+
+    status: str  # completed | pending | failed
+    error: str | None = None
+    retry_in: float | None = None
+    refund_attempt: bool = False
+    provider_id: str | None = None  # the id the back end assigned, when not ours (Cloud API)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the rules need of one claimed notification, read for the whole batch in the claim's
+    transaction (a few queries per batch instead of a transaction per notification)."""
+
+    session: WhatsAppSession | None
+    opted_out: bool
+    template: WhatsAppTemplate | None
+    message: WhatsAppMessage | None  # the notification's message row, if one exists already
+    policy: pacing_rules.Policy
+    timezone: str
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        factory: SessionFactory,
+        sessions: SessionManager,
+        listener: PgListener | None = None,
+    ) -> None:
+        self.settings = settings
+        # PostgreSQL LISTEN wanotify_queue: enqueues by other processes wake this one at once
+        self.listener = listener
+        self._subscribed = False
+        self.factory = factory
+        self.sessions = sessions
+        self.instance_id = settings.instance_id
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last_sweep = 0.0
+        # pacing: one decision at a time per number, and sends decided but not yet recorded
+        self._pacing_locks: dict[uuid.UUID, asyncio.Lock] = {}
+        self._reserved: dict[uuid.UUID, dict[uuid.UUID, pacing_rules.Sent]] = {}
+        self._reserved_by: dict[uuid.UUID, uuid.UUID] = {}  # notification → session
+        self._send_errors: dict[uuid.UUID, int] = {}
+        # orgs whose number may send to nobody before a time (gap, budgets, pause): their rows
+        # are not claimed until then, so a backlog is not claimed and put back at every send
+        self._blocked: dict[uuid.UUID, datetime] = {}
+
+    # ---- control -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Something became due (an enqueue, a reconnect): look now instead of at the timeout."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._loop = asyncio.create_task(self._run(), name="dispatcher")
+        if self.listener is not None:
+            if not self._subscribed:
+                self.listener.subscribe(QUEUE_CHANNEL, self._notified)
+                self._subscribed = True
+            await self.listener.start()
+
+    def _notified(self, _payload: str) -> None:
+        self.wake()
+
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Stop claiming; let sends in flight finish (their leases cover a hard kill)."""
+        self._stopping = True
+        self._wake.set()
+        if self.listener is not None:
+            await self.listener.stop()
+        if self._loop:
+            # Let the loop finish its current step: cancelling it inside a transaction would
+            # leave SQLite's write lock held by an abandoned connection.
+            done, _ = await asyncio.wait({self._loop}, timeout=grace)
+            if not done:
+                self._loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._loop
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=grace)
+        # Still sending after the grace: cancel and wait, so nothing touches the database after
+        # the engine is disposed (their leases bring the rows back).
+        late = list(self._inflight)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self._sweep_expired()
+                claimed = await self._claim()
+            except Exception:
+                log.exception("claim failed; retrying after the poll interval")
+                claimed = -1
+            if claimed > 0 and self._free_slots() > 0:
+                continue
+            await self._sleep()
+
+    def _free_slots(self) -> int:
+        return self.settings.dispatch_concurrency - len(self._inflight)
+
+    async def _claim(self) -> int:
+        free = self._free_slots()
+        if free <= 0:
+            return 0
+        async with self.factory() as db, db.begin():
+            rows = await queue.claim(
+                db,
+                instance_id=self.instance_id,
+                limit=min(free, self.settings.dispatch_batch_size),
+                lease_seconds=self.settings.notification_lease_seconds,
+                now=utcnow(),
+                skip_orgs=self._blocked_orgs(),
+            )
+            contexts = await self._contexts(db, rows) if rows else {}
+        for row in rows:
+            task = asyncio.create_task(
+                self._process(row, contexts[row.id]), name=f"notification-{row.id}"
+            )
+            self._inflight.add(task)
+            task.add_done_callback(self._finished)
+        return len(rows)
+
+    async def _contexts(
+        self, db: AsyncSession, rows: list[Notification]
+    ) -> dict[uuid.UUID, Context]:
+        org_ids = {row.org_id for row in rows}
+        by_org = await sessions.get_for_orgs(db, org_ids=org_ids)
+        opted_out = await messages.opted_out_among(
+            db, pairs={(row.org_id, row.recipient_phone) for row in rows}
+        )
+        template_ids = {row.template_id for row in rows if row.template_id is not None}
+        templates: dict[uuid.UUID, WhatsAppTemplate] = {}
+        if template_ids:
+            found = await db.scalars(
+                select(WhatsAppTemplate).where(WhatsAppTemplate.id.in_(template_ids))
+            )
+            templates = {t.id: t for t in found}
+        existing = await messages.of_notifications(db, notification_ids=[row.id for row in rows])
+        policies = await pacing.policies_for(db, org_ids=org_ids, settings=self.settings)
+        zones = await pacing.org_timezones(db, org_ids=org_ids)
+        return {
+            row.id: Context(
+                session=by_org.get(row.org_id),
+                opted_out=(row.org_id, row.recipient_phone) in opted_out,
+                template=templates.get(row.template_id) if row.template_id else None,
+                message=existing.get(row.id),
+                policy=policies[row.org_id],
+                timezone=zones[row.org_id],
+            )
+            for row in rows
+        }
+
+    def _blocked_orgs(self) -> list[uuid.UUID]:
+        now = utcnow()
+        for org_id, until in list(self._blocked.items()):
+            if until <= now:
+                del self._blocked[org_id]
+        return list(self._blocked)
+
+    def _block(self, org_id: uuid.UUID, until: datetime) -> None:
+        self._blocked[org_id] = max(until, self._blocked.get(org_id, until))
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+
+    async def _sleep(self) -> None:
+        if self._free_slots() <= 0:
+            await self._wake.wait()  # a send finishing sets it
+            return
+        timeout = self.settings.dispatch_poll_seconds
+        with contextlib.suppress(Exception):
+            blocked = self._blocked_orgs()
+            async with self.factory() as db:
+                due = await queue.next_due(db, skip_orgs=blocked)
+            if due is not None:
+                timeout = max(0.0, min(timeout, (due - utcnow()).total_seconds()))
+            if blocked:  # wake when the first block ends
+                ends = min(self._blocked.values())
+                timeout = max(0.0, min(timeout, (ends - utcnow()).total_seconds()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _sweep_expired(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < self.settings.notification_lease_seconds / 4:
+            return
+        self._last_sweep = now
+        async with self.factory() as db, db.begin():
+            released = await queue.release_expired(db, now=utcnow())
+        if released:
+            log.warning("returned %d notifications with expired leases to pending", released)
+
+    # ---- one notification --------------------------------------------------------------------
+
+    async def _process(self, row: Notification, context: Context) -> None:
+        with bind(org_id=str(row.org_id), notification_id=str(row.id)):
+            try:
+                outcome = await self._send(row, context)
+            except Exception as exc:
+                log.exception("processing failed")
+                outcome = self._retry_or_fail(row, f"internal error: {exc}")
+            try:
+                await self._settle(row, outcome)
+            except Exception:
+                log.exception("could not record the outcome; the lease will return it")
+            finally:
+                self._release(row.id)
+
+    async def _send(self, row: Notification, context: Context) -> Outcome:
+        session, opted_out, template = context.session, context.opted_out, context.template
+        existing = context.message if row.message_id else None
+        policy, timezone = context.policy, context.timezone
+        critical = row.notification_type in policy.critical_types
+        if opted_out and not critical:
+            return Outcome("failed", OPTED_OUT)
+        if (
+            session is None
+            or not session.enabled
+            or session.auth_state is None
+            or session.status in ("logged_out", "failed")
+        ):
+            return Outcome("failed", NOT_CONNECTED)
+        now = utcnow()
+        if session.paused_until is not None and session.paused_until > now:
+            reason = f"sending paused until {session.paused_until.isoformat()}"
+            self._block(row.org_id, session.paused_until)
+            return self._defer(session.paused_until, f"{reason}: {session.pause_reason}")
+        quiet = None if critical else pacing_rules.quiet_until(policy, now=now, timezone=timezone)
+        if quiet is not None:
+            return self._defer(quiet, f"quiet hours ({timezone}) until {quiet.isoformat()}")
+        connection = self.sessions.connection(session.id)
+        if connection is None:
+            return self._wait_for_session(row)
+        try:
+            body = existing.message_body if existing else self._render(row, template)
+        except DomainError as exc:
+            return Outcome("failed", exc.detail)
+        decision = await self._pace(row, session.id, session.linked_at, policy)
+        if decision.not_before is not None:
+            if decision.blocked_until is not None:
+                self._block(row.org_id, decision.blocked_until)
+            return self._defer(decision.not_before, f"pacing: {decision.reason}")
+        return await self._deliver(
+            row,
+            session.id,
+            connection,
+            body,
+            template,
+            policy=policy,
+            bypassed_opt_out=opted_out,
+            none_yet=context.message is None,
+        )
+
+    async def _pace(
+        self,
+        row: Notification,
+        session_id: uuid.UUID,
+        linked_at: datetime | None,
+        policy: pacing_rules.Policy,
+    ) -> pacing_rules.Decision:
+        """Ask the pacing rules, counting sends this process has decided but not yet
+        recorded; a "send now" reserves its slot before the lock is let go."""
+        if not policy.enforced:
+            return pacing_rules.SEND_NOW
+        lock = self._pacing_locks.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            now = utcnow()
+            async with self.factory() as db:
+                history = await pacing.recent_sends(db, session_id=session_id, now=now)
+            reserved = self._reserved.setdefault(session_id, {})
+            history.extend(reserved.values())
+            decision = pacing_rules.decide(
+                policy, now=now, to=row.recipient_phone, history=history, linked_at=linked_at
+            )
+            if decision.send_now:
+                reserved[row.id] = pacing_rules.Sent(at=now, to=row.recipient_phone)
+                self._reserved_by.setdefault(row.id, session_id)
+            return decision
+
+    def _release(self, notification_id: uuid.UUID) -> None:
+        """The send's outcome is in the database now (``sent_at``): drop its reservation."""
+        session_id = self._reserved_by.pop(notification_id, None)
+        if session_id is not None:
+            self._reserved.get(session_id, {}).pop(notification_id, None)
+
+    @staticmethod
+    def _defer(until: datetime, reason: str) -> Outcome:
+        """Not yet: back to pending until ``until``, without using an attempt."""
+        wait = max(0.0, (until - utcnow()).total_seconds())
+        return Outcome("pending", reason, retry_in=wait, refund_attempt=True)
+
+    def _render(self, row: Notification, template: WhatsAppTemplate | None) -> str:
+        if row.template_id is None and "text" in row.message_data:
+            return str(row.message_data["text"])
+        if template is None:  # deleting a template sets its notifications' template_id NULL
+            raise DomainError("the template of this notification was deleted")
+        if not template.is_active:
+            raise DomainError(f"template {template.name} is inactive")
+        return rendering.render(
+            source=template.message_template,
+            variables=row.message_data,
+            declared=template.variables,
+        )
+
+    async def _deliver(
+        self,
+        row: Notification,
+        session_id: uuid.UUID,
+        connection: Connection,
+        body: str,
+        template: WhatsAppTemplate | None = None,
+        *,
+        policy: pacing_rules.Policy,
+        bypassed_opt_out: bool,
+        none_yet: bool = False,
+    ) -> Outcome:
+        async with self.factory() as db, db.begin():
+            message = await messages.record_outgoing(
+                db,
+                org_id=row.org_id,
+                session_id=session_id,
+                notification_id=row.id,
+                recipient_phone=row.recipient_phone,
+                body=body,
+                template_id=row.template_id,
+                sent_by=row.sent_by,
+                none_yet=none_yet,
+            )
+            message_id, wamid = message.id, str(message.whatsapp_message_id)
+            if bypassed_opt_out:
+                await record(
+                    db,
+                    org_id=row.org_id,
+                    session_id=session_id,
+                    action="optout.bypassed",
+                    details={
+                        "notification_id": str(row.id),
+                        "notification_type": row.notification_type,
+                        "phone": row.recipient_phone,
+                    },
+                )
+        row.message_id = message_id
+        if bypassed_opt_out:
+            log.warning("critical notification sent to an opted-out recipient")
+        metrics.QUEUE_LATENCY_SECONDS.observe(
+            max(0.0, (utcnow() - row.next_attempt_at).total_seconds())
+        )
+        if policy.typing_enabled:
+            with contextlib.suppress(Exception):  # a person's pause; never a reason to fail
+                seconds = pacing_rules.typing_seconds(body)
+                await connection.show_typing(to=row.recipient_phone, seconds=seconds)
+        started = time.perf_counter()
+        try:
+            sent_id = await self._send_one(row, connection, body, template, wamid)
+        except RecipientNotOnWhatsApp:
+            return Outcome("failed", NOT_ON_WHATSAPP)
+        except SendError as exc:
+            reason = str(exc) or type(exc).__name__
+            if not exc.retryable:
+                return Outcome("failed", reason)
+            if not isinstance(exc, NotConnected):
+                await self._count_send_error(row, session_id, reason)
+            return self._retry_or_fail(row, reason)
+        finally:
+            metrics.SEND_SECONDS.observe(time.perf_counter() - started)
+        self._send_errors.pop(session_id, None)
+        return Outcome("completed", provider_id=sent_id if sent_id != wamid else None)
+
+    @staticmethod
+    async def _send_one(
+        row: Notification,
+        connection: Connection,
+        body: str,
+        template: WhatsAppTemplate | None,
+        wamid: str,
+    ) -> str:
+        """Send as the provider's approved template when the back end has them (Cloud API) and
+        the template is mapped to one; else as text. Returns the id the back end assigned."""
+        send_template = getattr(connection, "send_template", None)
+        if template is not None and template.provider_template_name and send_template:
+            parameters = [
+                str(row.message_data.get(v["name"], "")) for v in template.variables or []
+            ]
+            return str(
+                await send_template(
+                    to=row.recipient_phone,
+                    name=template.provider_template_name,
+                    language=template.language,
+                    parameters=parameters,
+                    message_id=wamid,
+                )
+            )
+        return await connection.send_text(to=row.recipient_phone, text=body, message_id=wamid)
+
+    async def _count_send_error(
+        self, row: Notification, session_id: uuid.UUID, reason: str
+    ) -> None:
+        """N send errors in a row look like WhatsApp throttling the number: pause it, as a
+        temporary ban would, rather than keep pushing."""
+        count = self._send_errors.get(session_id, 0) + 1
+        self._send_errors[session_id] = count
+        limit = self.settings.ban_detect_failures
+        if limit <= 0 or count < limit:
+            return
+        self._send_errors.pop(session_id, None)
+        until = utcnow() + timedelta(seconds=self.settings.ban_pause_seconds)
+        await self.sessions.pause(
+            org_id=row.org_id,
+            session_id=session_id,
+            until=until,
+            reason=f"{count} send errors in a row (last: {reason})",
+        )
+
+    def _wait_for_session(self, row: Notification) -> Outcome:
+        """Linked but not connected right now: wait for the reconnect without using an attempt,
+        up to a limit, then fail."""
+        waited = (utcnow() - row.created_at).total_seconds()
+        if waited > self.settings.disconnected_max_wait_seconds:
+            return Outcome("failed", f"{NOT_CONNECTED} (waited {int(waited)}s for a reconnect)")
+        return Outcome(
+            "pending",
+            f"{NOT_CONNECTED}: waiting for the session to reconnect",
+            retry_in=self.settings.disconnected_retry_seconds,
+            refund_attempt=True,
+        )
+
+    def _retry_or_fail(self, row: Notification, reason: str) -> Outcome:
+        if row.attempts >= row.max_attempts:
+            return Outcome("failed", f"{reason} (after {row.attempts} attempts)")
+        wait = backoff.delay(
+            row.attempts,
+            base=self.settings.retry_base_seconds,
+            cap=self.settings.retry_max_seconds,
+        )
+        return Outcome("pending", reason, retry_in=wait)
+
+    async def _settle(self, row: Notification, outcome: Outcome) -> None:
+        now = utcnow()
+        async with self.factory() as db, db.begin():
+            if outcome.status == "completed" and row.message_id:
+                # The provider may have reported it failed already (a Cloud API webhook that
+                # overtook this bookkeeping): the notification fails with it.
+                late = await messages.failure_of(db, message_id=row.message_id)
+                if late is not None:
+                    outcome = Outcome("failed", late)
+            values: dict[str, object] = {"last_error": outcome.error}
+            if row.message_id:
+                values["message_id"] = row.message_id
+            if outcome.status == "pending":
+                values["next_attempt_at"] = now + timedelta(seconds=outcome.retry_in or 0)
+                if outcome.refund_attempt:
+                    values["attempts"] = Notification.attempts - 1
+            held = await queue.settle(
+                db,
+                notification_id=row.id,
+                instance_id=self.instance_id,
+                now=now,
+                status=outcome.status,
+                **values,
+            )
+            if not held:
+                log.warning("lease lost before settling; another worker has this notification")
+                return
+            if row.message_id and outcome.status == "completed":
+                await messages.mark_sent(
+                    db, message_id=row.message_id, at=now, whatsapp_message_id=outcome.provider_id
+                )
+            elif row.message_id and outcome.status == "failed":
+                await messages.mark_failed(
+                    db, message_id=row.message_id, error=outcome.error or "failed", at=now
+                )
+            if outcome.status == "failed":
+                await record(
+                    db,
+                    org_id=row.org_id,
+                    action="notification.failed",
+                    details={"notification_id": str(row.id), "error": outcome.error},
+                )
+        metrics.PROCESSED.labels(outcome.status).inc()
+        if outcome.status == "failed":
+            log.warning("notification failed: %s", outcome.error)
+        elif outcome.status == "pending":
+            log.info("notification will be retried: %s", outcome.error)

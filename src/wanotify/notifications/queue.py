@@ -1,0 +1,125 @@
+"""Claiming and settling queue rows. The claim is one statement for a whole batch:
+
+    UPDATE notification_queue SET status='processing', locked_by=…, locked_until=…,
+           attempts=attempts+1
+     WHERE id IN (SELECT id FROM notification_queue
+                   WHERE status='pending' AND next_attempt_at <= now
+                   ORDER BY priority DESC, next_attempt_at
+                   LIMIT n FOR UPDATE SKIP LOCKED)
+    RETURNING *
+
+On PostgreSQL concurrent claimers skip each other's rows; on SQLite the transaction holds the
+single write lock (``BEGIN IMMEDIATE``), which gives the same guarantee.
+
+Many instances: an instance claims only rows of orgs whose session it holds the lease of (only
+it has the socket), plus rows of orgs whose session nobody holds (none, logged out, failed,
+paused, or between owners): any instance settles those by the rules (fail at once, or wait).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from wanotify.db.dialect import skip_locked
+from wanotify.notifications.models import Notification
+from wanotify.sessions.models import WhatsAppSession
+
+
+async def claim(
+    db: AsyncSession,
+    *,
+    instance_id: str,
+    limit: int,
+    lease_seconds: float,
+    now: datetime,
+    skip_orgs: Collection[uuid.UUID] = (),
+) -> list[Notification]:
+    """``skip_orgs``: orgs whose number may not send right now (pacing), left for later."""
+    leased = and_(
+        WhatsAppSession.owner_instance.is_not(None), WhatsAppSession.lease_expires_at >= now
+    )
+    mine = select(WhatsAppSession.org_id).where(
+        leased, WhatsAppSession.owner_instance == instance_id
+    )
+    held = select(WhatsAppSession.org_id).where(leased)
+    due = (
+        select(Notification.id)
+        .where(
+            Notification.status == "pending",
+            Notification.next_attempt_at <= now,
+            or_(Notification.org_id.in_(mine), Notification.org_id.not_in(held)),
+        )
+        .order_by(Notification.priority.desc(), Notification.next_attempt_at)
+        .limit(limit)
+    )
+    if skip_orgs:
+        due = due.where(Notification.org_id.not_in(skip_orgs))
+    stmt = (
+        update(Notification)
+        .where(Notification.id.in_(skip_locked(due).scalar_subquery()))
+        .values(
+            status="processing",
+            locked_by=instance_id,
+            locked_until=now + timedelta(seconds=lease_seconds),
+            attempts=Notification.attempts + 1,
+            updated_at=now,
+        )
+        .returning(Notification)
+        .execution_options(synchronize_session=False)
+    )
+    rows = list((await db.scalars(stmt)).all())
+    rows.sort(key=lambda n: (-n.priority, n.next_attempt_at))
+    return rows
+
+
+async def release_expired(db: AsyncSession, *, now: datetime) -> int:
+    """Processing rows whose lease ran out (their worker died) go back to pending."""
+    result = await db.execute(
+        update(Notification)
+        .where(Notification.status == "processing", Notification.locked_until < now)
+        .values(
+            status="pending",
+            locked_by=None,
+            locked_until=None,
+            next_attempt_at=now,
+            last_error="worker stopped while processing; retrying",
+            updated_at=now,
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def next_due(db: AsyncSession, *, skip_orgs: Collection[uuid.UUID] = ()) -> datetime | None:
+    query = select(func.min(Notification.next_attempt_at)).where(Notification.status == "pending")
+    if skip_orgs:
+        query = query.where(Notification.org_id.not_in(skip_orgs))
+    value: datetime | None = await db.scalar(query)
+    return value
+
+
+async def settle(
+    db: AsyncSession,
+    *,
+    notification_id: uuid.UUID,
+    instance_id: str,
+    now: datetime,
+    status: str,
+    **values: object,
+) -> bool:
+    """Finish or reschedule a row this instance holds. False if the lease was lost meanwhile."""
+    done = {"completed_at": now} if status in ("completed", "failed") else {}
+    result = await db.execute(
+        update(Notification)
+        .where(
+            Notification.id == notification_id,
+            Notification.status == "processing",
+            Notification.locked_by == instance_id,
+        )
+        .values(status=status, locked_by=None, locked_until=None, updated_at=now, **done, **values)
+    )
+    return bool(getattr(result, "rowcount", 0))

@@ -1,0 +1,107 @@
+"""Everything one wanotify process runs, wired together: database, transport, session manager,
+dispatcher. ``serve`` puts the HTTP app in front of it; ``worker`` runs it alone."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from wanotify.crypto import SecretBox
+from wanotify.db import migrate
+from wanotify.db.engine import SessionFactory, make_engine, make_session_factory
+from wanotify.db.notify import PgListener
+from wanotify.notifications.dispatcher import Dispatcher
+from wanotify.sessions.events import SessionEventHub
+from wanotify.sessions.manager import SessionManager
+from wanotify.settings import Settings
+from wanotify.transports import build_transport
+from wanotify.transports.base import Transport
+from wanotify.webhooks.sender import WebhookSender
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: AsyncEngine | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings)
+        # Cross-org (row-level security's worker role): background work, CLI, operations.
+        self.factory: SessionFactory = make_session_factory(
+            self.engine, worker=True, rls=settings.rls
+        )
+        # HTTP requests: one org, the caller's (auth.dependencies scopes each request).
+        self.request_factory: SessionFactory = make_session_factory(self.engine, rls=settings.rls)
+        self.transport = transport or build_transport(settings)
+        self.box = SecretBox(settings.encryption_keyring)
+        self.hub = SessionEventHub()
+        # PostgreSQL: heartbeats and lease renewals get their own small pool, so a burst that
+        # takes every pooled connection cannot make this instance's leases lapse.
+        self.lease_engine: AsyncEngine | None = None
+        self.lease_factory = self.factory
+        if self.engine.dialect.name == "postgresql":
+            self.lease_engine = make_engine(settings, pool_size=2, max_overflow=0)
+            self.lease_factory = make_session_factory(
+                self.lease_engine, worker=True, rls=settings.rls
+            )
+        # PostgreSQL: LISTEN on a dedicated connection so another process's enqueue (or a
+        # trigger's) wakes the dispatcher at once; SQLite, or WANOTIFY_LISTEN=false: polling.
+        self.listener: PgListener | None = None
+        if self.engine.dialect.name == "postgresql" and settings.listen:
+            self.listener = PgListener(
+                settings.resolved_database_url,
+                reconnect_base_seconds=settings.reconnect_base_seconds,
+                reconnect_max_seconds=settings.reconnect_max_seconds,
+            )
+        self.sessions = SessionManager(
+            settings=settings,
+            factory=self.factory,
+            transport=self.transport,
+            box=self.box,
+            hub=self.hub,
+            on_connected=self._wake_dispatcher,
+            listener=self.listener,
+            lease_factory=self.lease_factory,
+        )
+        self.dispatcher = Dispatcher(
+            settings=settings, factory=self.factory, sessions=self.sessions, listener=self.listener
+        )
+        self.webhooks = WebhookSender(settings=settings, factory=self.factory, box=self.box)
+        self.workers_running = False
+
+    def _wake_dispatcher(self) -> None:
+        self.dispatcher.wake()
+
+    async def migrate_if_needed(self) -> None:
+        if await migrate.current_revision(self.engine) != migrate.head_revision():
+            log.info("applying database migrations")
+            await migrate.upgrade(self.engine)
+
+    async def start(self, *, workers: bool = True, auto_migrate: bool = True) -> None:
+        if auto_migrate:
+            await self.migrate_if_needed()
+        if workers:
+            await self.sessions.start()
+            await self.dispatcher.start()
+            await self.webhooks.start()
+            self.workers_running = True
+        log.info(
+            "wanotify started",
+            extra={"instance_id": self.settings.instance_id, "workers": workers},
+        )
+
+    async def stop(self) -> None:
+        if self.workers_running:
+            await self.webhooks.stop()
+            await self.dispatcher.stop()
+            await self.sessions.stop()
+            self.workers_running = False
+        await self.engine.dispose()
+        if self.lease_engine is not None:
+            await self.lease_engine.dispose()

@@ -1,0 +1,43 @@
+"""A transport's credentials, kept encrypted in ``whatsapp_sessions.auth_state``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select, update
+
+from wanotify.crypto import SecretBox
+from wanotify.db.engine import SessionFactory
+from wanotify.sessions.models import WhatsAppSession
+
+
+class DatabaseAuthStore:
+    """Implements ``transports.base.AuthStore`` for one session row."""
+
+    def __init__(self, factory: SessionFactory, box: SecretBox, session_id: uuid.UUID) -> None:
+        self._factory = factory
+        self._box = box
+        self._session_id = session_id
+
+    async def load(self) -> dict[str, Any] | None:
+        async with self._factory() as db:
+            sealed = await db.scalar(
+                select(WhatsAppSession.auth_state).where(WhatsAppSession.id == self._session_id)
+            )
+        state = self._box.open(sealed) if sealed else None
+        return state if isinstance(state, dict) else None
+
+    async def save(self, state: dict[str, Any]) -> None:
+        await self._write(self._box.seal(state))
+
+    async def clear(self) -> None:
+        await self._write(None)
+
+    async def _write(self, value: dict[str, Any] | None) -> None:
+        async with self._factory() as db, db.begin():
+            await db.execute(
+                update(WhatsAppSession)
+                .where(WhatsAppSession.id == self._session_id)
+                .values(auth_state=value)
+            )

@@ -1,0 +1,94 @@
+"""Session rows: reading an org's session and writing its state. No sockets here."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from wanotify.clock import utcnow
+from wanotify.errors import NotFound
+from wanotify.sessions.models import WhatsAppSession
+
+# Statuses in which a session has nothing live and needs init (a new QR or a reconnect).
+IDLE = ("disconnected", "logged_out", "failed")
+
+
+async def get_for_org(db: AsyncSession, *, org_id: uuid.UUID) -> WhatsAppSession | None:
+    row: WhatsAppSession | None = await db.scalar(
+        select(WhatsAppSession).where(WhatsAppSession.org_id == org_id)
+    )
+    return row
+
+
+async def get_for_orgs(
+    db: AsyncSession, *, org_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, WhatsAppSession]:
+    """The session rows of many orgs in one query (orgs without one are absent)."""
+    rows = await db.scalars(select(WhatsAppSession).where(WhatsAppSession.org_id.in_(org_ids)))
+    return {row.org_id: row for row in rows}
+
+
+async def require_for_org(db: AsyncSession, *, org_id: uuid.UUID) -> WhatsAppSession:
+    row = await get_for_org(db, org_id=org_id)
+    if row is None:
+        raise NotFound("this organization has no WhatsApp session yet; POST /api/sessions/init")
+    return row
+
+
+async def get_or_create(db: AsyncSession, *, org_id: uuid.UUID) -> tuple[WhatsAppSession, bool]:
+    """The org's one session row (UNIQUE org_id); created on first use, race-safe."""
+    row = await get_for_org(db, org_id=org_id)
+    if row is not None:
+        return row, False
+    row = WhatsAppSession(org_id=org_id, status="disconnected", enabled=True)
+    db.add(row)
+    try:
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        return await require_for_org(db, org_id=org_id), False
+    return row, True
+
+
+async def set_state(
+    db: AsyncSession, *, session_id: uuid.UUID, owner: str | None = None, **values: Any
+) -> bool:
+    """Write a session's state; with ``owner``, only while that instance holds the lease (an
+    instance that lost it must not overwrite what the new owner writes). True if written."""
+    values.setdefault("updated_at", utcnow())
+    stmt = update(WhatsAppSession).where(WhatsAppSession.id == session_id)
+    if owner is not None:
+        stmt = stmt.where(WhatsAppSession.owner_instance == owner)
+    result = await db.execute(stmt.values(**values))
+    return bool(getattr(result, "rowcount", 1))
+
+
+def pause(row: WhatsAppSession) -> dict[str, Any]:
+    """The pause in force (a temporary ban, or repeated send errors), if any."""
+    if row.paused_until is None or row.paused_until <= utcnow():
+        return {"paused_until": None, "pause_reason": None}
+    return {"paused_until": row.paused_until.isoformat(), "pause_reason": row.pause_reason}
+
+
+def public(row: WhatsAppSession) -> dict[str, Any]:
+    """What the API and the SSE stream show of a session (never the auth state)."""
+    return {
+        "id": str(row.id),
+        "org_id": str(row.org_id),
+        "status": row.status,
+        "phone_number": row.phone_number,
+        "whatsapp_id": row.whatsapp_id,
+        "last_connected_at": row.last_connected_at.isoformat() if row.last_connected_at else None,
+        "enabled": row.enabled,
+        "qr_code": row.qr_code if row.status == "qr_pending" else None,
+        "last_error": row.last_error,
+        "linked": row.auth_state is not None,
+        "linked_at": row.linked_at.isoformat() if row.linked_at else None,
+        **pause(row),
+        "updated_at": row.updated_at.isoformat() if row.updated_at else None,
+    }

@@ -1,0 +1,1 @@
+"""The simulated phones' HTTP API (``/sim``): a dev tool, mounted only with the simulator."""

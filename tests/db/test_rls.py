@@ -1,0 +1,266 @@
+"""Row-level security (migration 0004, ``db/rls.py``): on PostgreSQL a session sees and writes
+only the org it is scoped to, whatever its queries forget to say; unscoped, it sees nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from tests.db.org_rows import INSERTS, insert_org_rows, key_of, tag
+from tests.support import Org
+
+from wanotify.auth.dependencies import CurrentUser
+from wanotify.db import rls
+from wanotify.db.engine import SessionDep, SessionFactory, make_session_factory
+from wanotify.db.notify import plain_dsn
+from wanotify.models import Base
+
+ORG_1 = uuid.UUID("00000000-0000-4000-8000-000000000001")
+ORG_2 = uuid.UUID("00000000-0000-4000-8000-000000000002")
+USER_1 = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
+USER_2 = uuid.UUID("00000000-0000-4000-8000-0000000000a2")
+
+
+@pytest.fixture
+def pg_url(database_url: str) -> str:
+    if database_url.startswith("sqlite"):
+        pytest.skip("row-level security is PostgreSQL's")
+    return database_url
+
+
+@pytest.fixture
+async def superuser(pg_url: str) -> AsyncIterator[Any]:
+    """A plain connection as the cluster's superuser (RLS does not apply to it)."""
+    conn = await asyncpg.connect(plain_dsn(pg_url))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def two_orgs(superuser: Any) -> None:
+    await insert_org_rows(superuser, ORG_1, user_id=USER_1)
+    await insert_org_rows(superuser, ORG_2, user_id=USER_2)
+
+
+@pytest.fixture
+async def engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_async_engine(pg_url)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture
+def factory(engine: AsyncEngine) -> SessionFactory:
+    return make_session_factory(engine)
+
+
+async def org_keys(db: AsyncSession, table: str) -> list[uuid.UUID | None]:
+    """Deliberately unscoped: no WHERE on the org."""
+    return list(await db.scalars(text(f"SELECT {key_of(table)} FROM {table}")))
+
+
+def org_tables_in_models() -> set[str]:
+    return {"organizations"} | {
+        name for name, table in Base.metadata.tables.items() if "org_id" in table.columns
+    }
+
+
+def test_every_org_table_in_the_models_is_covered() -> None:
+    """A new table with an org_id must get ``rls.enable_sql`` in its migration, be listed in
+    ``rls.ORG_TABLES`` and have a row in the tests' ``INSERTS``."""
+    assert set(rls.ORG_TABLES) == org_tables_in_models()
+    assert set(INSERTS) == set(rls.ORG_TABLES)
+
+
+async def test_every_org_table_forces_rls_with_both_policies(superuser: Any) -> None:
+    tables = await superuser.fetch(
+        "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class"
+        " WHERE relname = any($1::text[]) AND relkind = 'r'",
+        sorted(org_tables_in_models()),
+    )
+    assert {t["relname"] for t in tables} == org_tables_in_models()
+    assert all(t["relrowsecurity"] and t["relforcerowsecurity"] for t in tables), tables
+    policies = await superuser.fetch("SELECT tablename, roles FROM pg_policies")
+    for table in org_tables_in_models():
+        roles = {role for p in policies if p["tablename"] == table for role in p["roles"]}
+        assert {rls.APP_ROLE, rls.WORKER_ROLE} <= roles, table
+    bypass = await superuser.fetch(
+        "SELECT rolname FROM pg_roles WHERE rolname = any($1::text[]) AND NOT rolbypassrls",
+        [rls.APP_ROLE, rls.WORKER_ROLE],
+    )
+    assert len(bypass) == 2
+
+
+@pytest.mark.usefixtures("two_orgs")
+@pytest.mark.parametrize("table", sorted(rls.ORG_TABLES))
+async def test_a_scoped_session_sees_only_its_org(factory: SessionFactory, table: str) -> None:
+    async with factory() as db:
+        # Nobody scoped it: nothing (but the system templates every org shares).
+        assert set(await org_keys(db, table)) - {None} == set()
+        await rls.scope_to_org(db, ORG_1)  # also applies to the transaction already open
+        seen = await org_keys(db, table)
+        assert ORG_1 in seen
+        assert set(seen) - {None} == {ORG_1}
+        await db.commit()
+        # The next transaction begins scoped too.
+        assert set(await org_keys(db, table)) - {None} == {ORG_1}
+        await rls.scope_to_org(db, ORG_2)
+        assert set(await org_keys(db, table)) - {None} == {ORG_2}
+
+
+@pytest.mark.usefixtures("two_orgs")
+@pytest.mark.parametrize("table", sorted(rls.ORG_TABLES))
+async def test_writing_another_orgs_rows_is_refused(factory: SessionFactory, table: str) -> None:
+    key = key_of(table)
+    async with factory() as db:
+        await rls.scope_to_org(db, ORG_1)
+        conn = await db.connection()
+        # UPDATE / DELETE of the other org's rows: they are not there to change.
+        changed = await conn.execute(
+            text(f"UPDATE {table} SET {key} = {key} WHERE {key} = :other"), {"other": ORG_2}
+        )
+        assert changed.rowcount == 0
+        deleted = await conn.execute(
+            text(f"DELETE FROM {table} WHERE {key} = :other"), {"other": ORG_2}
+        )
+        assert deleted.rowcount == 0
+        await db.rollback()
+
+    async with factory() as db:
+        await rls.scope_to_org(db, ORG_1)
+        conn = await db.connection()
+        with pytest.raises(DBAPIError, match="row-level security"):
+            # INSERT naming the other org
+            if table == "organizations":
+                await conn.exec_driver_sql(INSERTS[table], (ORG_2, tag()))
+            else:
+                await conn.exec_driver_sql(INSERTS[table], (uuid.uuid4(), ORG_2, tag()))
+        await db.rollback()
+
+    async with factory() as db:
+        await rls.scope_to_org(db, ORG_1)
+        conn = await db.connection()
+        with pytest.raises(DBAPIError, match="row-level security"):
+            # UPDATE moving an own row into the other org
+            await conn.execute(
+                text(f"UPDATE {table} SET {key} = :other WHERE {key} = :own"),
+                {"other": ORG_2, "own": ORG_1},
+            )
+        await db.rollback()
+
+    async with make_session_factory(db.bind, worker=True)() as worker:
+        assert set(await org_keys(worker, table)) - {None} == {ORG_1, ORG_2}
+
+
+@pytest.mark.usefixtures("two_orgs")
+async def test_unscoped_writes_are_refused(factory: SessionFactory) -> None:
+    async with factory() as db:
+        conn = await db.connection()
+        with pytest.raises(DBAPIError, match="row-level security"):
+            await conn.exec_driver_sql(INSERTS["whatsapp_messages"], (uuid.uuid4(), ORG_1, tag()))
+
+
+@pytest.mark.usefixtures("two_orgs")
+async def test_system_templates_are_shared_but_read_only(factory: SessionFactory) -> None:
+    async with factory() as db:
+        await rls.scope_to_org(db, ORG_1)
+        system = await db.scalar(
+            text("SELECT count(*) FROM whatsapp_templates WHERE org_id IS NULL")
+        )
+        assert system and system > 0  # seeded by migration 0002
+        changed = await db.execute(
+            text("UPDATE whatsapp_templates SET is_active = false WHERE org_id IS NULL")
+        )
+        deleted = await db.execute(text("DELETE FROM whatsapp_templates WHERE org_id IS NULL"))
+        assert (changed.rowcount, deleted.rowcount) == (0, 0)  # type: ignore[attr-defined]
+        with pytest.raises(DBAPIError, match="row-level security"):
+            await db.execute(
+                text(
+                    "INSERT INTO whatsapp_templates (id, org_id, name, category,"
+                    " message_template, variables, is_system, is_active, language, created_at,"
+                    " updated_at) VALUES (:id, NULL, 'sneaky', 'general', 'x', '[]', true, true,"
+                    " 'en', now(), now())"
+                ),
+                {"id": uuid.uuid4()},
+            )
+
+
+@pytest.mark.usefixtures("two_orgs")
+async def test_worker_scope_is_for_the_block_only(factory: SessionFactory) -> None:
+    async with factory() as db:
+        await rls.scope_to_org(db, ORG_1)
+        async with rls.worker_scope(db):
+            assert set(await org_keys(db, "profiles")) == {ORG_1, ORG_2}
+        assert set(await org_keys(db, "profiles")) == {ORG_1}
+
+
+@pytest.mark.usefixtures("two_orgs")
+async def test_rls_off_uses_the_login_role_as_it_is(engine: AsyncEngine) -> None:
+    """``WANOTIFY_RLS=false``: no SET ROLE; here the login role is the superuser."""
+    async with make_session_factory(engine, rls=False)() as db:
+        assert set(await org_keys(db, "profiles")) == {ORG_1, ORG_2}
+
+
+async def test_trial_welcome_trigger_works_for_an_inserter_under_rls(superuser: Any) -> None:
+    """Another system signs up a trial org through a role under RLS that can only write the new
+    org's rows; the trigger (SECURITY DEFINER, owned by wanotify_worker) still queues the welcome
+    in the platform org's queue."""
+    platform, trial = uuid.uuid4(), uuid.uuid4()
+    await superuser.execute(
+        "INSERT INTO organizations (id, name, plan, timezone, is_platform, created_at)"
+        " VALUES ($1, 'MyFleet Pro', 'enterprise', 'UTC', true, now()),"
+        " ($2, 'Kibo Haulage', 'trial', 'UTC', false, now())",
+        platform,
+        trial,
+    )
+    async with superuser.transaction():
+        await superuser.execute(
+            "SELECT set_config('role', $1, true), set_config('wanotify.org_id', $2, true)",
+            rls.APP_ROLE,
+            str(trial),
+        )
+        await superuser.execute(
+            "INSERT INTO profiles (id, org_id, email, full_name, role, phone, created_at)"
+            " VALUES ($1, $2, 'amina@kibo.test', 'Amina', 'owner', '+12025550143', now())",
+            uuid.uuid4(),
+            trial,
+        )
+        # The inserter itself cannot see the platform org's queue …
+        assert await superuser.fetchval("SELECT count(*) FROM notification_queue") == 0
+    # … but the welcome is there.
+    rows = await superuser.fetch("SELECT org_id, idempotency_key FROM notification_queue")
+    assert [(r["org_id"], r["idempotency_key"]) for r in rows] == [
+        (platform, f"trial_welcome:{trial}")
+    ]
+
+
+async def test_a_request_runs_scoped_to_its_callers_org(
+    pg_url: str, app: FastAPI, client: httpx.AsyncClient, org: Org, other_org: Org
+) -> None:
+    """Any handler's unscoped query, after auth, sees only the caller's org (API key or JWT)."""
+
+    async def everyone(principal: CurrentUser, db: SessionDep) -> list[str]:
+        rows = await db.scalars(text("SELECT org_id FROM profiles"))  # forgot the WHERE
+        return sorted({str(row) for row in rows})
+
+    app.add_api_route("/test/everyone", everyone, methods=["GET"])
+    for caller in (org, other_org):
+        response = await client.get("/test/everyone", headers=caller.headers)
+        assert response.status_code == 200, response.text
+        assert response.json() == [str(caller.id)]
+    created = await client.post(
+        "/api/api-keys", headers=org.headers, json={"name": "ci", "role": "viewer"}
+    )
+    key = created.json()["key"]
+    response = await client.get("/test/everyone", headers={"Authorization": f"Bearer {key}"})
+    assert response.json() == [str(org.id)]

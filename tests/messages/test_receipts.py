@@ -1,0 +1,115 @@
+"""Message status only moves forward; receipts set their timestamps once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from wanotify.clock import utcnow
+from wanotify.db.engine import make_engine, make_session_factory
+from wanotify.messages import service
+from wanotify.messages.models import WhatsAppMessage
+from wanotify.orgs.models import Organization
+from wanotify.settings import Settings
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[AsyncSession]:
+    engine = make_engine(settings)
+    # Receipts arrive through the session manager, which works across orgs.
+    async with make_session_factory(engine, worker=True)() as session:
+        yield session
+    await engine.dispose()
+
+
+async def sent_message(db: AsyncSession) -> WhatsAppMessage:
+    org = Organization(name="R", plan="basic")
+    db.add(org)
+    await db.flush()
+    message = await service.record_outgoing(
+        db,
+        org_id=org.id,
+        session_id=None,
+        notification_id=uuid.uuid4(),
+        recipient_phone="+14155550123",
+        body="hi",
+        template_id=None,
+        sent_by=None,
+    )
+    await service.mark_sent(db, message_id=message.id, at=utcnow())
+    await db.commit()
+    return message
+
+
+async def reload(db: AsyncSession, message: WhatsAppMessage) -> WhatsAppMessage:
+    await db.commit()
+    row = await db.get(WhatsAppMessage, message.id, populate_existing=True)
+    assert row is not None
+    return row
+
+
+async def test_read_after_delivered(db: AsyncSession) -> None:
+    message = await sent_message(db)
+    t0 = utcnow()
+    wamid = str(message.whatsapp_message_id)
+    assert await service.apply_receipt(db, whatsapp_message_id=wamid, status="delivered", at=t0)
+    later = t0 + timedelta(seconds=5)
+    assert await service.apply_receipt(db, whatsapp_message_id=wamid, status="read", at=later)
+    row = await reload(db, message)
+    assert (row.status, row.delivered_at, row.read_at) == ("read", t0, later)
+
+
+async def test_late_delivered_after_read_changes_nothing(db: AsyncSession) -> None:
+    message = await sent_message(db)
+    wamid = str(message.whatsapp_message_id)
+    t0 = utcnow()
+    await service.apply_receipt(db, whatsapp_message_id=wamid, status="read", at=t0)
+    changed = await service.apply_receipt(
+        db, whatsapp_message_id=wamid, status="delivered", at=t0 + timedelta(seconds=9)
+    )
+    row = await reload(db, message)
+    assert changed is False
+    assert row.status == "read"
+    assert row.delivered_at == t0 and row.read_at == t0  # read implies delivered
+
+
+async def test_sent_after_an_early_receipt_keeps_delivered(db: AsyncSession) -> None:
+    """A receipt can overtake the send's own completion; 'sent' must not undo it."""
+    message = await sent_message(db)
+    message.status = "sending"
+    await db.commit()
+    wamid = str(message.whatsapp_message_id)
+    await service.apply_receipt(db, whatsapp_message_id=wamid, status="delivered", at=utcnow())
+    await service.mark_sent(db, message_id=message.id, at=utcnow())
+    assert (await reload(db, message)).status == "delivered"
+
+
+def test_opt_intent_words() -> None:
+    assert service.opt_intent(" Stop ") == "stop"
+    assert service.opt_intent("UNSUBSCRIBE!") == "stop"
+    assert service.opt_intent("start") == "start"
+    assert service.opt_intent("stop sending me the wrong truck") is None
+
+
+async def test_a_message_accepted_up_front_is_sending_during_its_send(db: AsyncSession) -> None:
+    org = Organization(name="S", plan="basic")
+    db.add(org)
+    await db.flush()
+    fields = {
+        "org_id": org.id,
+        "session_id": None,
+        "notification_id": uuid.uuid4(),
+        "recipient_phone": "+14155550123",
+        "body": "hi",
+        "template_id": None,
+        "sent_by": None,
+    }
+    queued = await service.create_message(db, status="queued", **fields)
+    sending = await service.record_outgoing(db, **fields)
+    assert sending.id == queued.id
+    assert sending.whatsapp_message_id == queued.whatsapp_message_id
+    assert sending.status == "sending"

@@ -1,0 +1,171 @@
+"""Rate limits: per client IP, on login, per org; 429 problem+json with Retry-After; and two
+instances sharing one Redis (the sum of accepted requests obeys the limit)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tests.support import PASSWORD, Org, add_user, create_org
+from wanotify.app import create_app
+from wanotify.runtime import Runtime
+from wanotify.settings import Settings
+
+PROBLEM = "application/problem+json"
+REDIS_URL = os.environ.get("WANOTIFY_TEST_REDIS_URL", "")
+HIGH = "10000/minute"
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings, workers=False)
+    async with application.router.lifespan_context(application):
+        try:
+            yield application
+        finally:
+            await application.state.rate_limiter.aclose()
+
+
+@asynccontextmanager
+async def client_for(app: FastAPI, ip: str = "127.0.0.1") -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=(ip, 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://wanotify.test") as c:
+        yield c
+
+
+def limits(settings: Settings, **values: Any) -> Settings:
+    """Set the limits under test (the shared fixture may turn limits off for other tests)."""
+    settings.rate_limit_enabled = values.pop("enabled", True)
+    settings.rate_limit_per_ip = values.pop("per_ip", HIGH)
+    settings.rate_limit_per_org = values.pop("per_org", HIGH)
+    settings.rate_limit_login = values.pop("login", HIGH)
+    for name, value in values.items():
+        setattr(settings, f"rate_limit_{name}", value)
+    return settings
+
+
+def assert_429(response: httpx.Response, *fragments: str) -> dict[str, Any]:
+    assert response.status_code == 429, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    retry_after = int(response.headers["retry-after"])
+    assert 1 <= retry_after <= 60
+    body = dict(response.json())
+    assert body["status"] == 429
+    assert body["title"] == "Too many requests"
+    for fragment in fragments:
+        assert fragment in body["detail"], body
+    return body
+
+
+async def test_per_ip_limit(settings: Settings) -> None:
+    async with serving(limits(settings, per_ip="5/minute")) as app, client_for(app) as client:
+        for _ in range(5):
+            assert (await client.get("/api/auth/me")).status_code == 401
+        body = assert_429(await client.get("/api/auth/me"), "5 per 1 minute", "client IP")
+        assert body["limit"] == "5 per 1 minute"
+        # Any path of the API counts; health, metrics, docs and the simulator do not.
+        assert_429(await client.get("/api/templates"))
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+            assert (await client.get(path)).status_code == 200, path
+        assert (await client.get("/sim/phones/+14155550100/inbox")).status_code == 200
+        # Another client IP has its own budget.
+        async with client_for(app, ip="10.1.2.3") as other:
+            assert (await other.get("/api/auth/me")).status_code == 401
+
+
+async def test_login_limit(settings: Settings) -> None:
+    async with serving(limits(settings, login="3/minute")) as app:
+        async with client_for(app, ip="10.0.0.1") as setup:
+            acme = await create_org(app.state.runtime, setup, name="Acme", email="owner@acme.test")
+        async with client_for(app, ip="10.0.0.2") as client:
+            for _ in range(3):
+                wrong = {"email": "owner@acme.test", "password": "guess-guess"}
+                assert (await client.post("/api/auth/login", json=wrong)).status_code == 401
+            right = {"email": "owner@acme.test", "password": PASSWORD}
+            assert_429(await client.post("/api/auth/login", json=right), "client IP on login")
+            # The console's login form shares the budget.
+            form = {"email": "owner@acme.test", "password": PASSWORD}
+            assert_429(await client.post("/login", data=form), "client IP on login")
+            # Only the login is limited so tightly: the rest of the API still answers.
+            me = await client.get("/api/auth/me", headers=acme.headers)
+            assert me.status_code == 200, me.text
+        async with client_for(app, ip="10.0.0.3") as fresh:
+            assert (await fresh.post("/api/auth/login", json=right)).status_code == 200
+
+
+async def test_per_org_limit_is_shared_by_the_org_and_separate_per_org(
+    settings: Settings,
+) -> None:
+    async with serving(limits(settings, per_org="5/minute")) as app, client_for(app) as client:
+        runtime: Runtime = app.state.runtime
+        acme = await create_org(runtime, client, name="Acme", email="owner@acme.test")
+        rival = await create_org(runtime, client, name="Rival", email="owner@rival.test")
+        member = await add_user(runtime, client, acme, email="m@acme.test", role="member")
+        key = await client.post("/api/api-keys", headers=acme.headers, json={"name": "backend"})
+        assert key.status_code == 201, key.text  # /api/api-keys: not org-limited
+        by_key = {"Authorization": f"Bearer {key.json()['key']}"}
+        callers = [acme.headers, member, by_key, acme.headers, member]
+        for headers in callers:
+            response = await client.get("/api/templates", headers=headers)
+            assert response.status_code == 200, response.text
+        for headers in (acme.headers, member, by_key):
+            assert_429(await client.get("/api/stats", headers=headers), "5 per 1 minute", "org")
+        # Another org has its own budget; unauthenticated calls are 401, not 429.
+        assert (await client.get("/api/templates", headers=rival.headers)).status_code == 200
+        assert (await client.get("/api/templates")).status_code == 401
+        assert (await client.get("/api/auth/me", headers=acme.headers)).status_code == 200
+
+
+async def test_disabled(settings: Settings) -> None:
+    limits(settings, per_ip="2/minute", login="1/minute", enabled=False)
+    async with serving(settings) as app, client_for(app) as client:
+        for _ in range(10):
+            assert (await client.get("/api/auth/me")).status_code == 401
+            bad = {"email": "nobody@acme.test", "password": "guess-guess"}
+            assert (await client.post("/api/auth/login", json=bad)).status_code == 401
+
+
+async def test_two_instances_share_the_limits_in_redis(settings: Settings) -> None:
+    if not REDIS_URL:
+        pytest.skip("the Redis test needs WANOTIFY_TEST_REDIS_URL (.ci/run sets it)")
+    import redis.asyncio as aioredis
+
+    probe = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        assert await probe.ping(), f"Redis at {REDIS_URL} does not answer"
+    finally:
+        await probe.aclose()
+
+    limits(settings, per_ip="7/minute", per_org="6/minute", prefix=f"wanotify-test-{uuid.uuid4()}")
+    settings.redis_url = REDIS_URL
+    first: Org
+    async with serving(settings) as one, serving(settings) as two:
+        async with client_for(one, ip="10.9.0.1") as c1, client_for(two, ip="10.9.0.1") as c2:
+            accepted = 0
+            for i in range(20):
+                response = await (c1 if i % 2 else c2).get("/api/auth/me")
+                if response.status_code == 429:
+                    assert_429(response, "client IP")
+                else:
+                    accepted += 1
+            assert accepted == 7
+
+        async with client_for(one, ip="10.9.0.2") as c1, client_for(two, ip="10.9.0.3") as c2:
+            first = await create_org(one.state.runtime, c1, name="Acme", email="owner@acme.test")
+            accepted = 0
+            for i in range(6):  # 12 requests, each client IP stays under its own 7
+                for c in (c1, c2):
+                    response = await c.get("/api/templates", headers=first.headers)
+                    if response.status_code == 429:
+                        assert_429(response, "org")
+                    else:
+                        assert response.status_code == 200, (i, response.text)
+                        accepted += 1
+            assert accepted == 6
