@@ -124,11 +124,15 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
+    # Tasks already running belong to other fixtures (a fake Graph API server, say).
+    before = asyncio.all_tasks()
     async with application.router.lifespan_context(application):
         yield application
     # A task the service left behind would touch the database after the engine is gone (on
     # SQLite that hangs the event loop's shutdown): stopping must end everything it started.
-    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    left = [
+        t for t in asyncio.all_tasks() - before if t is not asyncio.current_task() and not t.done()
+    ]
     assert not left, f"tasks still running after the service stopped: {left}"
 
 
