@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.fernet import Fernet
+from harness import percentile
 from scratch import DEFAULT_PG, scratch_database
 
 BODY = {
@@ -185,11 +186,6 @@ async def offer(
         tasks.append(asyncio.create_task(one(i, due)))
     await asyncio.gather(*tasks)
     return results, n / (loop.time() - start)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
-from cryptography.fernet import Fernet
+from harness import link_session, make_settings, percentile, sqlite_url
 from scratch import DEFAULT_PG, plain, scratch_database
 from sqlalchemy import event, func, select
 
@@ -45,7 +45,6 @@ from wanotify.notifications import service as notifications
 from wanotify.notifications.models import Notification
 from wanotify.orgs import service as orgs
 from wanotify.runtime import Runtime
-from wanotify.settings import Settings
 from wanotify.transports import build_transport
 from wanotify.transports.simulator import SimulatorNetwork
 
@@ -68,14 +67,6 @@ class Row:
     note: str = ""
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-# ---- databases -----------------------------------------------------------------------------------
-
-
 # ---- our pipeline --------------------------------------------------------------------------------
 
 
@@ -92,11 +83,7 @@ async def link_orgs(runtime: Runtime, count: int) -> list[uuid.UUID]:
                 owner_email=f"bench{i}-{uuid.uuid4().hex[:6]}@bench.test",
                 owner_password="bench-password",
             )
-        row, _ = await runtime.sessions.init(org_id=created.org.id, actor="bench")
-        network.scan(f"+1415555{1000 + i:04d}", str(row.qr_code))
-        await network.wait_idle()
-        while (await runtime.sessions.get(org_id=created.org.id)).status != "connected":
-            await asyncio.sleep(0.01)
+        await link_session(runtime, network, created.org.id, f"+1415555{1000 + i:04d}")
         ids.append(created.org.id)
     return ids
 
@@ -215,19 +202,6 @@ async def steady(
         accepted = datetime.fromisoformat(message["at"])
         latencies.append((accepted - at).total_seconds() * 1000)
     return latencies, n / elapsed
-
-
-def make_settings(database_url: str, data: Path) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=data,
-        database_url=database_url,
-        encryption_key=Fernet.generate_key().decode(),
-        jwt_secret="bench-" + "x" * 40,
-        sim_delivery_delay_seconds=0.0,
-        sim_send_latency_seconds=0.0,
-        pacing=False,  # measures the pipeline, not WhatsApp's safe sending rate
-    )
 
 
 async def ours(args: argparse.Namespace, database_url: str, backend: str) -> list[Row]:
@@ -371,8 +345,7 @@ async def main(args: argparse.Namespace) -> None:
             )
         )
     if args.sqlite:
-        path = Path(tempfile.mkdtemp(prefix="wanotify-bench-sqlite-")) / "wanotify.db"
-        rows += await ours(args, f"sqlite+aiosqlite:///{path}", "sqlite")
+        rows += await ours(args, sqlite_url("wanotify-bench-sqlite-"), "sqlite")
     print_table(rows)
     print(f"\norgs={args.orgs} load average {os.getloadavg()[0]:.2f} (1 min)")
 

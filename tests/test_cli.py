@@ -1,8 +1,11 @@
 """The ``wanotify`` command line, run in-process with typer's ``CliRunner``.
 
 The runner gets its settings from environment variables only (the cwd is an empty temp dir, so
-no ``.env`` is read). Commands that touch the database run on SQLite and PostgreSQL through the
-``database_url`` fixture. The tests are sync: each command runs its own ``asyncio.run``.
+no ``.env`` is read unless a test writes one). Commands that touch the database run on SQLite and
+PostgreSQL: on a migrated database (``env``, from the ``database_url`` fixture) or on an empty
+one (``empty_env``: a SQLite file not yet made, or an empty PostgreSQL database). The tests are
+sync: each command runs its own ``asyncio.run``; ``serve``, ``worker`` and ``demo`` also run as
+real processes.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from typer.testing import CliRunner, Result
 
+from tests.support import eventually, free_port
 from wanotify import __version__, cli
 from wanotify.auth import service as auth
 from wanotify.auth.models import Profile
+from wanotify.db import migrate
 from wanotify.messages.models import WhatsAppMessage
 from wanotify.notifications.models import Notification
 from wanotify.orgs.models import Organization
@@ -80,6 +86,15 @@ def env(base_env: dict[str, str], database_url: str) -> dict[str, str]:
     return base_env | {"WANOTIFY_DATABASE_URL": database_url}
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_env(request: pytest.FixtureRequest, base_env: dict[str, str]) -> dict[str, str]:
+    """The CLI's environment on an empty database, as on a fresh machine: a SQLite file that
+    does not exist yet, or an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return base_env
+    return base_env | {"WANOTIFY_DATABASE_URL": request.getfixturevalue("empty_pg_url")}
+
+
 def wanotify(env: dict[str, str], *args: str, code: int = 0) -> Result:
     result = runner.invoke(cli.app, list(args), env=env)
     assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
@@ -108,6 +123,23 @@ def in_db(env: dict[str, str], work: Callable[[AsyncSession], Awaitable[T]]) -> 
         try:
             async with async_sessionmaker(engine, expire_on_commit=False)() as db:
                 return await work(db)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def revision(env: dict[str, str]) -> str | None:
+    """The database's migration revision; None while nothing is migrated (a SQLite file that
+    was never made is left unmade)."""
+    url = env["WANOTIFY_DATABASE_URL"]
+    if url.startswith("sqlite") and not Path(str(make_url(url).database)).exists():
+        return None
+
+    async def go() -> str | None:
+        engine = create_async_engine(url)
+        try:
+            return await migrate.current_revision(engine)
         finally:
             await engine.dispose()
 
@@ -152,17 +184,18 @@ def test_help_lists_every_command(base_env: dict[str, str]) -> None:
     assert wanotify(base_env, "--version").stdout.strip() == f"wanotify {__version__}"
 
 
-def test_migrate_an_empty_database(base_env: dict[str, str]) -> None:
-    first = wanotify_json(base_env, "migrate")
+def test_migrate_an_empty_database(empty_env: dict[str, str]) -> None:
+    assert revision(empty_env) is None
+    first = wanotify_json(empty_env, "migrate")
     assert first["from"] is None
-    assert first["to"]
-    again = wanotify(base_env, "migrate").stdout
+    assert first["to"] == migrate.head_revision() == revision(empty_env)
+    again = wanotify(empty_env, "migrate").stdout
     assert "up to date" in again
 
     async def tables(db: AsyncSession) -> int:
         return int(await db.scalar(select(func.count()).select_from(WhatsAppTemplate)) or 0)
 
-    assert in_db(base_env, tables) >= 5  # the system templates are seeded
+    assert in_db(empty_env, tables) >= 5  # the system templates are seeded
 
 
 def test_migrate_an_existing_database_is_a_no_op(env: dict[str, str]) -> None:
@@ -416,6 +449,20 @@ def test_send_text_scheduled(env: dict[str, str]) -> None:
     assert queued.message_data == {"text": "Depot closes early today"}
 
 
+def test_a_dotenv_file_in_the_working_directory_is_read(env: dict[str, str]) -> None:
+    """``.env`` beside the command sets what the environment does not: here the region a number
+    without ``+country`` is read in (the cwd is the test's temp dir)."""
+    org = make_org(env)["org_id"]
+    Path(".env").write_text("WANOTIFY_DEFAULT_REGION=KE\n")
+    sent = wanotify_json(env, "send", "--org", org, "--to", "0712 345678", "--text", "Jambo")
+
+    async def row(db: AsyncSession) -> Notification | None:
+        return await db.get(Notification, uuid.UUID(sent["notification_id"]))
+
+    queued = in_db(env, row)
+    assert queued is not None and queued.recipient_phone == "+254712345678"
+
+
 def test_send_refuses_bad_input(env: dict[str, str]) -> None:
     org = make_org(env)["org_id"]
     to = ["--to", "+14155550123"]
@@ -492,8 +539,8 @@ def test_sim_scan_reports_an_unreachable_server(env: dict[str, str]) -> None:
 # ---- demo --------------------------------------------------------------------------------------
 
 
-def test_demo_no_serve_seeds_a_working_demo(base_env: dict[str, str]) -> None:
-    result = wanotify(base_env, "demo", "--no-serve", "--json")
+def test_demo_no_serve_seeds_a_working_demo(empty_env: dict[str, str]) -> None:
+    result = wanotify(empty_env, "demo", "--no-serve", "--json")
     summary = json.loads(result.stdout)
     assert "platform org: created" in result.stderr  # progress beside the JSON
     assert summary["login"] == "demo@demo.wanotify.local"
@@ -524,19 +571,19 @@ def test_demo_no_serve_seeds_a_working_demo(base_env: dict[str, str]) -> None:
             ),
         }
 
-    first = in_db(base_env, state)
+    first = in_db(empty_env, state)
     assert first["session"].phone_number == "+14155550100"
     assert first["session"].auth_state is not None  # linked: the next start reconnects
     assert first["welcome"].notification_type == "trial_welcome"
     assert first["welcome"].status == "completed"  # sent by the platform org's session
     assert first["templates"] == {"vehicle_inspection", "delivery_eta"}
 
-    again = wanotify(base_env, "demo", "--no-serve")  # idempotent: reuses everything
+    again = wanotify(empty_env, "demo", "--no-serve")  # idempotent: reuses everything
     assert "demo org: reusing 'Demo Fleet Co'" in again.stdout
     assert "already linked and connected" in again.stdout
     assert "0 queued" in again.stdout
     assert "log in as demo@demo.wanotify.local / demo-password" in again.stdout
-    second = in_db(base_env, state)
+    second = in_db(empty_env, state)
     assert (second["orgs"], second["queue"], second["read"]) == (
         first["orgs"],
         first["queue"],
@@ -544,23 +591,17 @@ def test_demo_no_serve_seeds_a_working_demo(base_env: dict[str, str]) -> None:
     )
 
 
-def test_serve_refuses_a_taken_port(base_env: dict[str, str]) -> None:
+def test_serve_refuses_a_taken_port(empty_env: dict[str, str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        assert "cannot listen on 127.0.0.1:" in error(base_env, "serve", "--port", port)
-        assert "cannot listen" in error(base_env, "demo", "--port", port)
-    assert not Path(base_env["WANOTIFY_DATA_DIR"], "wanotify.db").exists()
+        assert "cannot listen on 127.0.0.1:" in error(empty_env, "serve", "--port", port)
+        assert "cannot listen" in error(empty_env, "demo", "--port", port)
+    assert revision(empty_env) is None  # refused before touching the database
 
 
 # ---- the long-running commands, as real processes ----------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -573,27 +614,32 @@ def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     )
 
 
-def _first_line(proc: subprocess.Popen[str]) -> str:
-    """What the command prints once it runs (readline blocks until then, or EOF on a crash)."""
+def _printed(proc: subprocess.Popen[str], until: str = "") -> str:
+    """What the command printed up to the first line holding ``until`` (by default its first
+    line); readline blocks until then, or reaches EOF if the command exits."""
     assert proc.stdout is not None and proc.stderr is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait(timeout=30)
-        pytest.fail(f"exited with {proc.returncode}: {proc.stderr.read()}")
-    return line
+    lines: list[str] = []
+    while not lines or until not in lines[-1]:
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait(timeout=30)
+            pytest.fail(f"exited with {proc.returncode}: {''.join(lines)}{proc.stderr.read()}")
+        lines.append(line)
+    return "".join(lines)
 
 
 @pytest.mark.e2e
-def test_serve_and_worker_run_until_sigterm(base_env: dict[str, str]) -> None:
-    port = _free_port()
-    server = _start(base_env, "serve", "--port", str(port), "--json")
+def test_serve_and_worker_run_until_sigterm(empty_env: dict[str, str]) -> None:
+    port = free_port()
+    server = _start(empty_env, "serve", "--port", str(port), "--json")
     try:
-        started = json.loads(_first_line(server))
+        started = json.loads(_printed(server))
         assert started["url"] == f"http://127.0.0.1:{port}"
-        assert httpx.get(f"{started['url']}/healthz", timeout=5).status_code == 200
-        worker = _start(base_env, "worker")
+        assert httpx.get(f"{started['url']}/readyz", timeout=5).status_code == 200
+        assert revision(empty_env) == migrate.head_revision()  # serve migrated it first
+        worker = _start(empty_env, "worker")
         try:
-            assert "running" in _first_line(worker)
+            assert "running" in _printed(worker)
         finally:
             worker.send_signal(signal.SIGTERM)
             out, err = worker.communicate(timeout=30)
@@ -603,3 +649,44 @@ def test_serve_and_worker_run_until_sigterm(base_env: dict[str, str]) -> None:
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
+
+
+@pytest.mark.e2e
+def test_demo_serves_the_demo_until_sigterm(empty_env: dict[str, str]) -> None:
+    """The README's second command on a fresh machine: it seeds, prints where to go and how to
+    log in, and serves the console and the API with the demo's linked phone and history."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    demo = _start(empty_env, "demo", "--port", str(port))
+    try:
+        printed = _printed(demo, until="listening on")
+        assert "log in as demo@demo.wanotify.local / demo-password" in printed
+        assert f"wanotify listening on {url} (docs: {url}/docs)" in printed
+
+        async def visit() -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+                page = await http.get("/login")
+                assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+                assert (await http.get("/")).status_code in (302, 303, 307)  # to the login
+                login = await http.post(
+                    "/api/auth/login",
+                    json={"email": "demo@demo.wanotify.local", "password": "demo-password"},
+                )
+                assert login.status_code == 200, login.text
+                headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+                async def connected() -> dict[str, Any] | None:
+                    state = (await http.get("/api/sessions/current", headers=headers)).json()
+                    return state if state["status"] == "connected" else None
+
+                # the demo's phone, linked while seeding, reconnects without a QR
+                session = await eventually(connected, what="the demo session connected")
+                assert session["phone_number"] == "+14155550100"
+                history = await http.get("/api/messages", headers=headers)
+                assert history.status_code == 200 and history.json()["items"], history.text
+
+        asyncio.run(visit())
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        _, err = demo.communicate(timeout=30)
+    assert demo.returncode == 0, err

@@ -3,15 +3,17 @@
 Org A creates one of everything (a pending and a sent notification, a delivered message, an API
 key, a template, a connected session); org B (by user token, by API key, and logged in to the
 console by cookie) then calls every route of the app: with A's ids where the route takes an id
-(refused, 404 or 403), and on its own org where it takes none (lists, stats, its session, its
-policy). No answer carries A's data, and A's rows are unchanged afterwards. ``ROUTES`` lists every
-route of the app with how it is covered; a route missing from it fails
-``test_every_route_has_cross_org_coverage``.
+(404, as for an id that exists nowhere), and on its own org where it takes none (lists, stats,
+its session, its policy). No answer carries A's data, and A's rows are unchanged afterwards. A
+403 answers only the caller's role (too low for the route whatever the id), never whose id it
+is. ``ROUTES`` lists every route of the app with how it is covered; a route missing from it
+fails ``test_every_route_has_cross_org_coverage``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +29,7 @@ from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from starlette.routing import Mount
 
-from tests.support import PASSWORD, Org, eventually, link_phone, message_with_status
+from tests.support import PASSWORD, Org, add_user, eventually, link_phone, message_with_status
 from wanotify.app import create_app
 from wanotify.runtime import Runtime
 from wanotify.settings import Settings
@@ -173,7 +175,8 @@ Kind = Literal["ids", "own", "stream", "none"]
 class Cover:
     """How a route is held to its caller's org.
 
-    ``ids``: B names A's rows (path, query or body): refused with ``refused``, nothing of A's.
+    ``ids``: B names A's rows (path, query or body): refused with ``refused`` (404: another
+    org's id is as unknown as one that exists nowhere), nothing of A's.
     ``own``: the route acts on the caller's own org, it has no id to give: B's answer shows
     nothing of A's. ``stream``: the same for the first event of an SSE stream. ``none``: no org
     data behind it (``reason`` says why). Every test here also checks A unchanged afterwards.
@@ -182,7 +185,7 @@ class Cover:
     kind: Kind
     probes: Callable[[World], list[Probe]] = lambda w: []
     via: Literal["api", "console"] = "api"
-    refused: tuple[int, ...] = (403, 404)
+    refused: tuple[int, ...] = (404,)
     reason: str = ""
 
 
@@ -601,6 +604,49 @@ async def test_idempotency_keys_are_per_org(
     assert_no_leak(response, world)
     a_view = await client.get(f"/api/notifications/{world.pending_id}", headers=org.headers)
     assert a_view.json()["recipient_phone"] == RECIPIENT
+
+
+def with_unknown_ids(path: str, body: dict[str, Any] | None, w: World) -> Probe:
+    """The same request with each of A's ids (in the path or the body) replaced by an id that
+    exists nowhere."""
+    text = json.dumps([path, body])
+    for secret in w.secrets[:5]:
+        text = text.replace(secret, str(uuid.uuid4()))
+    unknown_path, unknown_body = json.loads(text)
+    return unknown_path, unknown_body
+
+
+async def test_a_role_too_low_is_403_whoever_owns_the_id(
+    client: httpx.AsyncClient, runtime: Runtime, other_org: Org, world: World
+) -> None:
+    """B's viewer and member, on every API route that names a row: A's id gets the very answer
+    an unknown id gets. That is 404, or 403 when the route needs a higher role than the
+    caller's (which says nothing about the id)."""
+    refused_for_role = []
+    for role in ("viewer", "member"):
+        headers = await add_user(runtime, client, other_org, email=f"{role}@rival.test", role=role)
+        for (method, _route), cover in ROUTES.items():
+            if cover.kind != "ids" or cover.via != "api":
+                continue
+            for path, body in cover.probes(world):
+                theirs = await client.request(method, path, json=body, headers=headers)
+                unknown_path, unknown_body = with_unknown_ids(path, body, world)
+                nowhere = await client.request(
+                    method, unknown_path, json=unknown_body, headers=headers
+                )
+                where = (role, method, path, theirs.text[:300])
+                assert theirs.status_code in (403, 404), where
+                assert theirs.status_code == nowhere.status_code, (*where, nowhere.text[:300])
+                if theirs.status_code == 403:
+                    assert theirs.json() == nowhere.json(), where
+                    detail = theirs.json()["detail"]
+                    assert re.fullmatch(
+                        f"this needs the (member|admin) role; you are {role}", detail
+                    )
+                    refused_for_role.append((role, method))
+                assert_no_leak(theirs, world)
+    # the viewer may not cancel, the member may not change templates or revoke keys
+    assert ("viewer", "POST") in refused_for_role and ("member", "DELETE") in refused_for_role
 
 
 async def test_unknown_ids_look_like_other_orgs_ids(

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,19 +20,14 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
+from tests.support import WANOTIFY, free_port
+
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")
-WANOTIFY = [str(Path(sys.executable).parent / "wanotify")]
 PLATFORM_PHONE = "+14155550100"
 CUSTOMER_PHONE = "+14155550111"
 OWNER_PHONE = "+12025550143"
 DRIVER = "+14155550123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def until(check: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
@@ -56,7 +49,7 @@ class Server:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [*WANOTIFY, "serve", "--port", str(self.port)],
+                [WANOTIFY, "serve", "--port", str(self.port)],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -106,7 +99,7 @@ def server(env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
 
 def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
     done = subprocess.run(
-        [*WANOTIFY, *args, "--json"], env=env, capture_output=True, text=True, timeout=60
+        [WANOTIFY, *args, "--json"], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))

@@ -1,5 +1,6 @@
-"""Rate limits: per client IP, on login, per org; 429 problem+json with Retry-After; and two
-instances sharing one Redis (the sum of accepted requests obeys the limit)."""
+"""Rate limits: per client IP, on login, per org; 429 problem+json with Retry-After; and
+instances sharing one Redis (the sum of accepted requests obeys the limit): two apps in one
+process, and two real ``wanotify serve`` processes."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.support import PASSWORD, Org, add_user, create_org
+from tests.support import PASSWORD, Org, Processes, add_user, create_org, free_port, make_orgs
 from wanotify.app import create_app
 from wanotify.runtime import Runtime
 from wanotify.settings import Settings
@@ -132,9 +136,10 @@ async def test_disabled(settings: Settings) -> None:
             assert (await client.post("/api/auth/login", json=bad)).status_code == 401
 
 
-async def test_two_instances_share_the_limits_in_redis(settings: Settings) -> None:
+async def require_redis() -> str:
+    """The test Redis (``WANOTIFY_TEST_REDIS_URL``), checked to answer; skip without it."""
     if not REDIS_URL:
-        pytest.skip("the Redis test needs WANOTIFY_TEST_REDIS_URL (.ci/run sets it)")
+        pytest.skip("the Redis tests need WANOTIFY_TEST_REDIS_URL (.ci/run sets it)")
     import redis.asyncio as aioredis
 
     probe = aioredis.Redis.from_url(REDIS_URL)
@@ -142,7 +147,11 @@ async def test_two_instances_share_the_limits_in_redis(settings: Settings) -> No
         assert await probe.ping(), f"Redis at {REDIS_URL} does not answer"
     finally:
         await probe.aclose()
+    return REDIS_URL
 
+
+async def test_two_instances_share_the_limits_in_redis(settings: Settings) -> None:
+    await require_redis()
     limits(settings, per_ip="7/minute", per_org="6/minute", prefix=f"wanotify-test-{uuid.uuid4()}")
     settings.redis_url = REDIS_URL
     first: Org
@@ -169,3 +178,55 @@ async def test_two_instances_share_the_limits_in_redis(settings: Settings) -> No
                         assert response.status_code == 200, (i, response.text)
                         accepted += 1
             assert accepted == 6
+
+
+@pytest.mark.e2e
+async def test_two_serve_processes_share_the_org_limit_in_redis(
+    empty_pg_url: str, tmp_path: Path
+) -> None:
+    """Two ``wanotify serve`` processes on one PostgreSQL database and one Redis; one org's
+    requests alternate between them. Counted apart, each would accept 15 of the 30."""
+    redis_url = await require_redis()
+    limit, secret = 20, "ratelimit-secret-" + "r" * 40
+    procs = Processes(
+        {
+            **os.environ,
+            "WANOTIFY_DATABASE_URL": empty_pg_url,
+            "WANOTIFY_JWT_SECRET": secret,
+            "WANOTIFY_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "WANOTIFY_REDIS_URL": redis_url,
+            "WANOTIFY_RATE_LIMIT_ENABLED": "true",
+            "WANOTIFY_RATE_LIMIT_PREFIX": f"wanotify-test-{uuid.uuid4()}",  # this run's counters
+            "WANOTIFY_RATE_LIMIT_PER_ORG": f"{limit}/minute",
+            "WANOTIFY_RATE_LIMIT_PER_IP": HIGH,
+            "WANOTIFY_RATE_LIMIT_LOGIN": HIGH,
+            "WANOTIFY_LOG_LEVEL": "WARNING",
+        },
+        tmp_path,
+    )
+    urls: list[str] = []
+    try:
+        for name in ("one", "two"):  # one after the other: the first migrates the database
+            port = free_port()
+            data_dir = str(tmp_path / name)
+            procs.start(name, "serve", "--port", str(port), WANOTIFY_DATA_DIR=data_dir)
+            urls.append(f"http://127.0.0.1:{port}")
+            await procs.ready(name, urls[-1])
+        engine = create_async_engine(empty_pg_url)
+        try:
+            [(_, headers)] = await make_orgs(engine, secret=secret, count=1, domain="limits.test")
+        finally:
+            await engine.dispose()
+
+        statuses: list[int] = []
+        async with httpx.AsyncClient(timeout=30) as http:
+            for i in range(limit + 10):
+                response = await http.get(f"{urls[i % 2]}/api/templates", headers=headers)
+                if response.status_code == 429:
+                    assert_429(response, f"{limit} per 1 minute per org")
+                else:
+                    assert response.status_code == 200, response.text
+                statuses.append(response.status_code)
+        assert statuses == [200] * limit + [429] * 10, statuses
+    finally:
+        procs.stop_all()

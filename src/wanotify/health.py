@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select, text
@@ -12,6 +13,7 @@ from sqlalchemy import func, select, text
 from wanotify import metrics
 from wanotify.messages.models import MESSAGE_STATUSES, WhatsAppMessage
 from wanotify.notifications.models import QUEUE_STATUSES, Notification
+from wanotify.problems import DATABASE_RETRY_AFTER, documented, problem
 from wanotify.runtime import Runtime
 from wanotify.sessions.models import SESSION_STATUSES, WhatsAppSession
 
@@ -25,21 +27,32 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    responses={503: {"description": "Not ready: the same body, saying which check failed"}},
+    response_model=dict[str, Any],
+    responses={503: documented("Not ready: a problem whose `checks` says which check failed")},
 )
-async def readyz(request: Request, response: Response) -> dict[str, Any]:
+async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
+    """200 ``{"status": "ready", "checks": …}`` while the database answers; else 503
+    problem+json (``detail`` names the failed check, ``checks`` has them all)."""
     runtime: Runtime = request.app.state.runtime
     checks: dict[str, Any] = {}
+    error = None
     try:
         async with runtime.factory() as db:
             await db.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:
-        checks["database"] = f"unreachable: {type(exc).__name__}"
+        error = type(exc).__name__
+        checks["database"] = f"unreachable: {error}"
     checks["workers"] = "running" if runtime.workers_running else "off"
-    ready = checks["database"] == "ok"
-    response.status_code = 200 if ready else 503
-    return {"status": "ready" if ready else "not ready", "checks": checks}
+    if error is not None:
+        return problem(
+            503,
+            "Service unavailable",
+            f"not ready: the database cannot be reached ({error})",
+            checks=checks,
+            retry_after=DATABASE_RETRY_AFTER,
+        )
+    return {"status": "ready", "checks": checks}
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -10,12 +10,15 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from wanotify.db.outage import is_unavailable
 from wanotify.errors import DomainError
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
+DATABASE_RETRY_AFTER = 2  # seconds, in the 503 answered while the database is unreachable
 
 
 class Problem(BaseModel):
@@ -121,7 +124,32 @@ def install(app: FastAPI) -> None:
             headers=dict(exc.headers or {}),
         )
 
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(OSError)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        """The database cannot be reached (PostgreSQL restarting or down): 503, try again; not
+        a 500 with a traceback per request, as it is no bug and passes by itself. (Also when
+        the lost connection surfaces later, e.g. as "can't reconnect until invalid transaction
+        is rolled back": ``is_unavailable`` looks at what the error was raised from.) Anything
+        else of these types is an unexpected error as below."""
+        if not is_unavailable(exc):
+            return _internal_error(request)
+        log.warning(
+            "database unavailable: %s", type(exc).__name__, extra={"path": request.url.path}
+        )
+        return problem(
+            503,
+            "Service unavailable",
+            "the database cannot be reached right now; try again in a moment",
+            retry_after=DATABASE_RETRY_AFTER,
+        )
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return problem(500, "Internal error", "an unexpected error happened; it has been logged")
+        return _internal_error(request)
+
+
+def _internal_error(request: Request) -> JSONResponse:
+    """500, the error logged with its traceback (call it while the exception is handled)."""
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return problem(500, "Internal error", "an unexpected error happened; it has been logged")

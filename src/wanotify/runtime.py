@@ -4,6 +4,7 @@ dispatcher. ``serve`` puts the HTTP app in front of it; ``worker`` runs it alone
 from __future__ import annotations
 
 import logging
+import uuid
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -75,8 +76,8 @@ class Runtime:
         self.webhooks = WebhookSender(settings=settings, factory=self.factory, box=self.box)
         self.workers_running = False
 
-    def _wake_dispatcher(self) -> None:
-        self.dispatcher.wake()
+    def _wake_dispatcher(self, org_id: uuid.UUID) -> None:
+        self.dispatcher.session_connected(org_id)
 
     async def migrate_if_needed(self) -> None:
         if await migrate.current_revision(self.engine) != migrate.head_revision():

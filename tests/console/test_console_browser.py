@@ -8,10 +8,7 @@ pictures); otherwise they go to the test's tmp dir.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -19,46 +16,13 @@ import pytest
 
 pytest.importorskip("playwright")
 
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 from tests.support import PASSWORD, Org, add_user
 
 from wanotify.runtime import Runtime
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 RECIPIENT = "+14155550123"
 BUSINESS_PHONE = "+14155550100"
-
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)"
-)
-
-
-@pytest.fixture
-async def browser(live_url: str) -> AsyncIterator[Browser]:
-    """Closed before the live server stops (open event streams would keep it waiting)."""
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-@pytest.fixture
-def shots(tmp_path: Path, database_url: str) -> Path:
-    if os.environ.get("WANOTIFY_SCREENSHOTS") and database_url.startswith("sqlite"):
-        DOCS.mkdir(parents=True, exist_ok=True)
-        return DOCS
-    return tmp_path
 
 
 async def shot(page: Page, folder: Path, name: str) -> None:

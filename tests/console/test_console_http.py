@@ -1,13 +1,25 @@
 """The console over plain HTTP (no browser): login by cookie, CSRF on every POST, roles enforced
-by the server, security headers, and every page readable without JavaScript."""
+by the server, security headers, and every page readable without JavaScript; what the history
+(filters, paging, a failed message's details), the dashboard and the template list show."""
 
 from __future__ import annotations
 
+import html
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 import httpx
 import pytest
-from tests.support import PASSWORD, Org, add_user
+from sqlalchemy import select
+from tests.support import PASSWORD, Org, add_user, link_phone, message_with_status
 
+from wanotify.console import service as console_service
+from wanotify.messages.models import WhatsAppMessage
 from wanotify.runtime import Runtime
+from wanotify.templates.models import WhatsAppTemplate
+from wanotify.transports.simulator import SimulatorNetwork
 
 PAGES = [
     "/",
@@ -119,3 +131,480 @@ async def test_template_preview_follows_the_form_and_names_problems(
     form |= {"var-3-name": "driver"}
     response = await client.post("/templates/preview", data=form, headers={"X-CSRF-Token": csrf})
     assert response.json() == {"text": "Trip T-9 for [driver]", "error": None, "length": 21}
+
+
+# ---- what the lists and the dashboard show ---------------------------------------------------
+
+BUSINESS_PHONE = "+14155550100"
+
+
+def _text(fragment: str) -> str:
+    """What a reader sees of an HTML fragment: tags dropped, entities decoded, spaces collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
+
+
+def table(page: str, marker: str) -> list[list[str]]:
+    """The body rows of the table with the attribute ``marker`` (``id="x"``) as cell texts."""
+    match = re.search(rf"<table[^>]*{marker}[^>]*>(.*?)</table>", page, re.S)
+    assert match, f"no table {marker} on the page"
+    body = re.search(r"<tbody>(.*?)</tbody>", match.group(1), re.S)
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", body.group(1) if body else "", re.S)
+    return [[_text(c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r, re.S)] for r in rows]
+
+
+def listed_ids(page: str) -> list[str]:
+    """The messages the history page lists, top to bottom."""
+    return re.findall(r'<tr data-message-id="([0-9a-f-]{36})"', page)
+
+
+def older_link(page: str) -> str | None:
+    match = re.search(r'<a href="([^"]+)" rel="next">Older messages</a>', page)
+    return html.unescape(match.group(1)) if match else None
+
+
+async def seed_messages(runtime: Runtime, org: Org, specs: list[dict[str, Any]]) -> list[str]:
+    """Message rows as the dispatcher leaves them (timestamps to match the status); returns
+    their ids in the order given."""
+    rows = []
+    async with runtime.factory() as db:
+        for spec in specs:
+            created = spec["created_at"]
+            status = spec["status"]
+            steps = ("sent", "delivered", "read")
+            reached = {
+                s: created + timedelta(seconds=i + 1)
+                for i, s in enumerate(steps[: steps.index(status) + 1] if status in steps else ())
+            }
+            row = WhatsAppMessage(
+                org_id=org.id,
+                recipient_phone=spec["to"],
+                message_type="template" if spec.get("template_id") else "text",
+                message_body=spec.get("body", f"{status} to {spec['to']}"),
+                status=status,
+                whatsapp_message_id="3EB0" + uuid.uuid4().hex[:16].upper(),
+                template_id=spec.get("template_id"),
+                created_at=created,
+                sent_at=reached.get("sent"),
+                delivered_at=reached.get("delivered"),
+                read_at=reached.get("read"),
+                failed_at=created + timedelta(seconds=1) if status == "failed" else None,
+                error="recipient opted out" if status == "failed" else None,
+            )
+            db.add(row)
+            rows.append(row)
+        await db.commit()
+    return [str(r.id) for r in rows]
+
+
+async def system_template_ids(runtime: Runtime) -> dict[str, uuid.UUID]:
+    async with runtime.factory() as db:
+        rows = await db.execute(
+            select(WhatsAppTemplate.name, WhatsAppTemplate.id).where(
+                WhatsAppTemplate.org_id.is_(None)
+            )
+        )
+        return {name: template_id for name, template_id in rows.all()}
+
+
+async def test_history_filters_narrow_the_list(
+    client: httpx.AsyncClient, runtime: Runtime, org: Org, other_org: Org
+) -> None:
+    names = await system_template_ids(runtime)
+    trip, maintenance = names["trip_assigned"], names["maintenance_due"]
+    now = datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    today = now.date()
+    days_ago_3, days_ago_10 = today - timedelta(days=3), today - timedelta(days=10)
+    a, b, c = "+14155550101", "+14155550102", "+14155550103"
+    at = {  # safely inside each day, never in the future
+        "today": midnight + (now - midnight) / 2,
+        "3d": midnight - timedelta(days=3) + timedelta(hours=12),
+        "10d": midnight - timedelta(days=10) + timedelta(hours=12),
+    }
+    specs = [
+        {"key": "a_read_trip_today", "to": a, "status": "read", "template_id": trip},
+        {"key": "a_failed_text_today", "to": a, "status": "failed"},
+        {
+            "key": "b_delivered_maint_today",
+            "to": b,
+            "status": "delivered",
+            "template_id": maintenance,
+        },
+        {
+            "key": "b_read_maint_3d",
+            "to": b,
+            "status": "read",
+            "template_id": maintenance,
+            "when": "3d",
+        },
+        {"key": "c_sent_text_3d", "to": c, "status": "sent", "when": "3d"},
+        {"key": "c_read_trip_10d", "to": c, "status": "read", "template_id": trip, "when": "10d"},
+        {
+            "key": "a_queued_trip_10d",
+            "to": a,
+            "status": "queued",
+            "template_id": trip,
+            "when": "10d",
+        },
+    ]
+    for i, spec in enumerate(specs):  # distinct times, so "newest first" has one answer
+        spec["created_at"] = at[spec.get("when", "today")] - timedelta(milliseconds=i)
+    ids = dict(
+        zip([s["key"] for s in specs], await seed_messages(runtime, org, specs), strict=True)
+    )
+    # Another org's message to the same number never shows.
+    await seed_messages(runtime, other_org, [{"to": a, "status": "read", "created_at": now}])
+
+    await console_login(client, "owner@acme.test")
+
+    async def shown(**query: str) -> list[str]:
+        page = await client.get("/messages", params=query)
+        assert page.status_code == 200, page.text
+        keys = {v: k for k, v in ids.items()}
+        return [keys[i] for i in listed_ids(page.text)]
+
+    everything = [s["key"] for s in specs]  # given newest first
+    assert await shown() == everything
+    assert await shown(status="read") == ["a_read_trip_today", "b_read_maint_3d", "c_read_trip_10d"]
+    assert await shown(status="failed") == ["a_failed_text_today"]
+    assert await shown(status="queued") == ["a_queued_trip_10d"]
+    # The recipient in any common form.
+    assert await shown(to="(415) 555-0102") == ["b_delivered_maint_today", "b_read_maint_3d"]
+    assert await shown(to=a) == ["a_read_trip_today", "a_failed_text_today", "a_queued_trip_10d"]
+    assert await shown(template=str(maintenance)) == [
+        "b_delivered_maint_today",
+        "b_read_maint_3d",
+    ]
+    assert await shown(template=str(trip)) == [
+        "a_read_trip_today",
+        "c_read_trip_10d",
+        "a_queued_trip_10d",
+    ]
+    # Dates are whole UTC days, both ends included.
+    assert await shown(since=days_ago_3.isoformat(), until=days_ago_3.isoformat()) == [
+        "b_read_maint_3d",
+        "c_sent_text_3d",
+    ]
+    assert await shown(since=days_ago_3.isoformat()) == everything[:5]
+    assert await shown(until=days_ago_10.isoformat()) == everything[5:]
+    assert await shown(since=today.isoformat()) == everything[:3]
+    # Filters combine.
+    assert await shown(status="read", template=str(trip), since=days_ago_3.isoformat()) == [
+        "a_read_trip_today"
+    ]
+    assert await shown(to=c, status="failed") == []
+
+    # The form keeps what was chosen, and the rows say what the filter asked for.
+    page = await client.get("/messages", params={"status": "read", "template": str(trip)})
+    assert '<option value="read" selected>' in page.text
+    assert f'<option value="{trip}" selected>trip_assigned</option>' in page.text
+    rows = table(page.text, 'id="message-list"')
+    assert [(r[1], r[2], r[3]) for r in rows] == [
+        (a, "read", "trip_assigned"),
+        (c, "read", "trip_assigned"),
+    ]
+    empty = await client.get("/messages", params={"to": c, "status": "failed"})
+    assert "No messages match." in empty.text
+
+    # A filter that is not one is explained, not ignored.
+    bad = await client.get("/messages", params={"since": "last week"})
+    assert bad.status_code == 422
+    assert "since: &#39;last week&#39; is not a date (YYYY-MM-DD)" in bad.text
+    assert listed_ids(bad.text) == []
+
+
+async def test_older_messages_pages_through_without_repeats_or_gaps(
+    client: httpx.AsyncClient, runtime: Runtime, org: Org
+) -> None:
+    now = datetime.now(UTC)
+    # 79 messages: 50 read, 25 delivered, 4 failed; three at a time share a created_at (the
+    # cursor must break the tie by id).
+    specs = [
+        {
+            "to": f"+1415555{i:04d}",
+            "status": "failed" if i >= 75 else "delivered" if i % 3 == 0 else "read",
+            "created_at": now - timedelta(seconds=(i // 3) * 7),
+        }
+        for i in range(79)
+    ]
+    await seed_messages(runtime, org, specs)
+    await console_login(client, "owner@acme.test")
+
+    async def walk(url: str) -> list[list[str]]:
+        pages = []
+        while url:
+            page = await client.get(url)
+            assert page.status_code == 200, page.text
+            pages.append(listed_ids(page.text))
+            if len(pages) > 1:
+                assert '<a href="/messages">Newest</a>' in page.text
+            url = older_link(page.text) or ""
+            assert len(pages) < 10, "the pager does not end"
+        return pages
+
+    async def expected(status: str | None = None) -> list[str]:
+        async with runtime.factory() as db:
+            query = select(WhatsAppMessage.id).where(WhatsAppMessage.org_id == org.id)
+            if status:
+                query = query.where(WhatsAppMessage.status == status)
+            query = query.order_by(WhatsAppMessage.created_at.desc(), WhatsAppMessage.id.desc())
+            return [str(i) for i in await db.scalars(query)]
+
+    pages = await walk("/messages")
+    assert [len(p) for p in pages] == [25, 25, 25, 4]
+    assert [i for p in pages for i in p] == await expected()  # newest first, each once
+
+    # Paging keeps the filter; a last full page has no "Older messages" link to an empty one.
+    pages = await walk("/messages?status=read")
+    assert [len(p) for p in pages] == [25, 25]
+    assert [i for p in pages for i in p] == await expected("read")
+    pages = await walk("/messages?status=delivered")
+    assert [len(p) for p in pages] == [25]
+    assert pages[0] == await expected("delivered")
+
+
+async def test_a_failed_message_shows_its_error_and_attempts(
+    client: httpx.AsyncClient, runtime: Runtime, org: Org, network: SimulatorNetwork
+) -> None:
+    await link_phone(client, network, org, BUSINESS_PHONE)
+    network.set_faults(BUSINESS_PHONE, drop_next=3)  # every attempt is dropped
+    network.set_faults("+14155550199", not_on_whatsapp=True)
+    dropped = await client.post(
+        "/api/messages/send",
+        json={"to": "+14155550123", "text": "Truck 7 ready"},
+        headers=org.headers,
+    )
+    nowhere = await client.post(
+        "/api/messages/send", json={"to": "+14155550199", "text": "Hello?"}, headers=org.headers
+    )
+    dropped_id, nowhere_id = dropped.json()["message_id"], nowhere.json()["message_id"]
+    await message_with_status(client, org, dropped_id, "failed")
+    await message_with_status(client, org, nowhere_id, "failed")
+    await console_login(client, "owner@acme.test")
+
+    page = await client.get(f"/messages/{dropped_id}")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert 'id="message-status">failed<' in page.text
+    steps = re.findall(r'<li class="(done|todo) step-(\w+)"', page.text)
+    assert steps == [("done", "queued"), ("done", "failed")]  # never sent; nothing "not yet"
+    assert "not yet" not in text
+    assert "failed" in text and "message dropped by the network (simulated fault)" in text
+    assert "Attempts: 3 of 3 · queue status failed" in text
+    assert "Last error: message dropped by the network (simulated fault)" in text
+    assert "Truck 7 ready" in text
+
+    page = await client.get(f"/messages/{nowhere_id}")
+    text = _text(page.text)
+    assert "recipient is not on WhatsApp" in text
+    assert "Attempts: 1 of 3 · queue status failed" in text  # not retried: it cannot work
+
+    # The list says "failed" for both.
+    listing = await client.get("/messages?status=failed")
+    assert sorted(listed_ids(listing.text)) == sorted([dropped_id, nowhere_id])
+
+
+async def test_dashboard_figures_and_chart_follow_the_messages(
+    client: httpx.AsyncClient, runtime: Runtime, org: Org, network: SimulatorNetwork
+) -> None:
+    await link_phone(client, network, org, BUSINESS_PHONE)
+
+    async def send(to: str) -> str:
+        response = await client.post(
+            "/api/messages/send", json={"to": to, "text": f"hi {to}"}, headers=org.headers
+        )
+        assert response.status_code == 202, response.text
+        return str(response.json()["message_id"])
+
+    # Today: one read, one delivered, one only sent, one failed, and one waiting in the queue.
+    read_to, delivered_to, sent_to, failed_to = (f"+1415555011{i}" for i in range(4))
+    read_id, delivered_id = await send(read_to), await send(delivered_to)
+    await message_with_status(client, org, read_id, "delivered")
+    await message_with_status(client, org, delivered_id, "delivered")
+    inbox = network.inbox(read_to)
+    assert network.read(read_to, [m["whatsapp_message_id"] for m in inbox]) == 1
+    await message_with_status(client, org, read_id, "read")
+    network.delivery_delay_seconds = 3600  # this one's phone stays off
+    await message_with_status(client, org, await send(sent_to), "sent")
+    network.set_faults(failed_to, not_on_whatsapp=True)
+    await message_with_status(client, org, await send(failed_to), "failed")
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    queued = await client.post(
+        "/api/notifications",
+        json={
+            "notification_type": "maintenance_due",
+            "recipient_phone": "+14155550120",
+            "template": "maintenance_due",
+            "message_data": {
+                "vehicle_name": "Truck 07",
+                "plate_number": "KDA 123X",
+                "service_type": "Oil change",
+                "due_date": "2 Dec",
+            },
+            "scheduled_for": later,
+        },
+        headers=org.headers,
+    )
+    assert queued.status_code == 202, queued.text
+    # Earlier: a read message 3 days ago (in the 7 days) and a delivered one 10 days ago (in
+    # the chart only).
+    now = datetime.now(UTC)
+    await seed_messages(
+        runtime,
+        org,
+        [
+            {"to": read_to, "status": "read", "created_at": now - timedelta(days=3)},
+            {"to": read_to, "status": "delivered", "created_at": now - timedelta(days=10)},
+        ],
+    )
+
+    await console_login(client, "owner@acme.test")
+    page = await client.get("/")
+    assert page.status_code == 200
+    # Sent counts all that left (sent, delivered, read); delivered includes read.
+    assert table(page.text, 'class="numbers"') == [
+        ["Today", "3", "2", "1", "1"],
+        ["Last 7 days", "4", "3", "2", "1"],
+    ]
+    tiles = dict(
+        (_text(k), _text(v))
+        for k, v in re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", page.text, re.S)
+    )
+    assert tiles == {
+        "Delivery rate (7 days)": "75%",  # 3 of the 4 that left
+        "Read rate (7 days)": "50%",
+        "Queue depth": "1",
+        "Failed in queue": "1",
+    }
+
+    # The chart: 14 days, oldest first; bars only on the days with messages.
+    columns = re.findall(r"<g>(.*?)</g>", page.text, re.S)
+    assert len(columns) == 14
+
+    def bars(column: str) -> dict[str, int]:
+        found = re.findall(
+            r'<rect class="s-(\w+)"[^>]*height="([\d.]+)"><title>[^<]*: (\d+) \w+</title>', column
+        )
+        assert all(float(h) > 0 for _, h, _ in found)
+        return {series: int(n) for series, _, n in found}
+
+    def day(column: str) -> str:
+        match = re.search(r'<text class="day"[^>]*>([^<]+)</text>', column)
+        assert match
+        return match.group(1)
+
+    assert day(columns[-1]) == f"{datetime.now(UTC):%d %b}"
+    assert bars(columns[-1]) == {"read": 1, "delivered": 1, "sent": 1, "failed": 1}
+    assert '<text class="total"' in columns[-1] and ">4</text>" in columns[-1]
+    assert bars(columns[-4]) == {"read": 1}  # 3 days ago
+    assert bars(columns[-11]) == {"delivered": 1}  # 10 days ago
+    assert [i for i, c in enumerate(columns) if bars(c)] == [3, 10, 13]
+
+
+async def test_template_list_filters_by_category_kind_and_active(
+    client: httpx.AsyncClient, runtime: Runtime, org: Org, other_org: Org
+) -> None:
+    async def create(owner: Org, name: str, category: str, *, active: bool = True) -> None:
+        body = {
+            "name": name,
+            "category": category,
+            "message_template": "Hi {{ driver }}",
+            "variables": [{"name": "driver", "example": "Amina"}],
+            "is_active": active,
+        }
+        response = await client.post("/api/templates", json=body, headers=owner.headers)
+        assert response.status_code == 201, response.text
+
+    await create(org, "brake_check", "maintenance")
+    await create(org, "old_route", "trips", active=False)
+    await create(org, "trip_assigned", "trips")  # overrides the system template of that name
+    await create(other_org, "rival_only", "maintenance")  # another org's: never listed
+    async with runtime.factory() as db:
+        rows = await db.execute(
+            select(WhatsAppTemplate.name, WhatsAppTemplate.category).where(
+                WhatsAppTemplate.org_id.is_(None), WhatsAppTemplate.is_active.is_(True)
+            )
+        )
+        system = dict(rows.all())
+    assert system["trip_assigned"] == "trips" and system["maintenance_due"] == "maintenance"
+    await console_login(client, "owner@acme.test")
+
+    async def shown(**query: str) -> list[tuple[str, str, str, str]]:
+        page = await client.get("/templates", params=query)
+        assert page.status_code == 200, page.text
+        rows = table(page.text, 'id="template-list"')
+        if rows == [["No templates match."]]:
+            return []
+        return [(name, kind, category, active) for name, kind, category, active, _ in rows]
+
+    # The org's trip_assigned replaces the system one of that name (sending uses the org's).
+    shown_system = {n: c for n, c in system.items() if n != "trip_assigned"}
+    everything = sorted(
+        [(n, "system", c, "yes") for n, c in shown_system.items()]
+        + [
+            ("brake_check", "custom", "maintenance", "yes"),
+            ("old_route", "custom", "trips", "no"),
+            ("trip_assigned", "custom overrides system", "trips", "yes"),
+        ]
+    )
+    assert await shown() == everything
+    assert await shown(category="maintenance") == [
+        ("brake_check", "custom", "maintenance", "yes"),
+        ("maintenance_due", "system", "maintenance", "yes"),
+    ]
+    assert await shown(category="trips") == [
+        ("old_route", "custom", "trips", "no"),
+        ("trip_assigned", "custom overrides system", "trips", "yes"),
+    ]
+    assert await shown(kind="system") == [r for r in everything if r[1] == "system"]
+    assert await shown(kind="custom") == [
+        ("brake_check", "custom", "maintenance", "yes"),
+        ("old_route", "custom", "trips", "no"),
+        ("trip_assigned", "custom overrides system", "trips", "yes"),
+    ]
+    assert await shown(active="no") == [("old_route", "custom", "trips", "no")]
+    assert await shown(active="yes") == [r for r in everything if r[0] != "old_route"]
+    # Combined, and the form keeps the choices.
+    assert await shown(kind="custom", category="trips", active="yes") == [
+        ("trip_assigned", "custom overrides system", "trips", "yes")
+    ]
+    assert await shown(kind="system", category="billing") == [
+        ("payment_due", "system", "billing", "yes")
+    ]
+    assert await shown(kind="system", active="no") == []
+    page = await client.get("/templates", params={"category": "trips", "kind": "custom"})
+    assert '<option value="trips" selected>' in page.text
+    assert '<option value="custom" selected>Custom</option>' in page.text
+
+
+@pytest.mark.parametrize(
+    ("last_error", "shown"),
+    [
+        (
+            "device was unlinked from the phone",
+            "The phone removed this linked device. Connect again and scan a new QR code.",
+        ),
+        (  # whatsmeow's words for the same
+            "the phone unlinked this device (or logged it out)",
+            "The phone removed this linked device. Connect again and scan a new QR code.",
+        ),
+        (
+            "QR code was not scanned within 2 minutes",
+            "QR code was not scanned within 2 minutes. Press Connect to get a new QR code.",
+        ),
+        (
+            "the QR code was not scanned in time",
+            "The QR code was not scanned in time. Press Connect to get a new QR code.",
+        ),
+        (
+            "temporarily banned by WhatsApp: too many messages until 2026-12-03T08:00:00+00:00",
+            "WhatsApp has stopped this number from sending for a while (too many messages until "
+            "2026-12-03T08:00:00+00:00). Notifications wait in the queue and go out by themselves "
+            "afterwards.",
+        ),
+        ("something new", "WhatsApp reported: something new"),
+        (None, None),
+    ],
+)
+def test_the_last_error_in_words(last_error: str | None, shown: str | None) -> None:
+    assert console_service.error_in_words(last_error) == shown

@@ -6,7 +6,15 @@ from typing import Any
 
 import httpx
 from sqlalchemy import select
-from tests.support import Org, eventually, link_phone, message, message_with_status
+from tests.support import (
+    Org,
+    eventually,
+    link_phone,
+    message,
+    message_with_status,
+    notification,
+    notification_finished,
+)
 
 from wanotify.messages.models import WhatsAppMessage
 from wanotify.runtime import Runtime
@@ -20,20 +28,6 @@ MAINTENANCE = {
     "service_type": "oil change",
     "due_date": "2026-12-01",
 }
-
-
-async def notification(client: httpx.AsyncClient, org: Org, nid: str) -> dict[str, Any]:
-    response = await client.get(f"/api/notifications/{nid}", headers=org.headers)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-async def finished(client: httpx.AsyncClient, org: Org, nid: str) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        body = await notification(client, org, nid)
-        return body if body["status"] in ("completed", "failed", "cancelled") else None
-
-    return await eventually(check, what=f"notification {nid} finished")
 
 
 async def enqueue(client: httpx.AsyncClient, org: Org, **overrides: Any) -> dict[str, Any]:
@@ -54,7 +48,7 @@ async def test_template_notification_is_sent_delivered_and_read(
 ) -> None:
     await link_phone(client, network, org, BUSINESS)
     queued = await enqueue(client, org)
-    done = await finished(client, org, queued["id"])
+    done = await notification_finished(client, org, queued["id"])
     assert done["status"] == "completed", done
     assert done["attempts"] == 1
 
@@ -133,7 +127,7 @@ async def test_idempotency_key_returns_the_first(
 
 async def test_no_session_fails_at_once(client: httpx.AsyncClient, org: Org) -> None:
     queued = await enqueue(client, org)
-    done = await finished(client, org, queued["id"])
+    done = await notification_finished(client, org, queued["id"])
     assert done["status"] == "failed"
     assert "session not connected" in done["last_error"]
 
@@ -146,7 +140,7 @@ async def test_paused_session_fails_with_session_not_connected(
         "/api/sessions/current", json={"enabled": False}, headers=org.headers
     )
     assert paused.json()["enabled"] is False
-    done = await finished(client, org, (await enqueue(client, org))["id"])
+    done = await notification_finished(client, org, (await enqueue(client, org))["id"])
     assert done["status"] == "failed" and "session not connected" in done["last_error"]
     assert network.inbox(DRIVER) == []
 
@@ -156,7 +150,7 @@ async def test_not_on_whatsapp_fails_without_retry(
 ) -> None:
     await link_phone(client, network, org, BUSINESS)
     network.set_faults(DRIVER, not_on_whatsapp=True)
-    done = await finished(client, org, (await enqueue(client, org))["id"])
+    done = await notification_finished(client, org, (await enqueue(client, org))["id"])
     assert done["status"] == "failed"
     assert done["attempts"] == 1
     assert "not on WhatsApp" in done["last_error"]
@@ -169,7 +163,7 @@ async def test_dropped_send_is_retried_with_the_same_message_id(
 ) -> None:
     await link_phone(client, network, org, BUSINESS)
     network.set_faults(BUSINESS, drop_next=1)
-    done = await finished(client, org, (await enqueue(client, org))["id"])
+    done = await notification_finished(client, org, (await enqueue(client, org))["id"])
     assert done["status"] == "completed"
     assert done["attempts"] == 2
     async with runtime.factory() as db:
@@ -185,7 +179,9 @@ async def test_retries_stop_at_max_attempts(
 ) -> None:
     await link_phone(client, network, org, BUSINESS)
     network.set_faults(BUSINESS, drop_next=10)
-    done = await finished(client, org, (await enqueue(client, org, max_attempts=2))["id"])
+    done = await notification_finished(
+        client, org, (await enqueue(client, org, max_attempts=2))["id"]
+    )
     assert done["status"] == "failed"
     assert done["attempts"] == 2
     assert "after 2 attempts" in done["last_error"]
@@ -199,7 +195,7 @@ async def test_stop_reply_opts_out_and_start_opts_back_in(
     await network.wait_idle()
 
     async def opted_out() -> bool:
-        done = await finished(client, org, (await enqueue(client, org))["id"])
+        done = await notification_finished(client, org, (await enqueue(client, org))["id"])
         return done["status"] == "failed" and done["last_error"] == "recipient opted out"
 
     assert await eventually(opted_out, what="opt-out applied")
@@ -207,7 +203,7 @@ async def test_stop_reply_opts_out_and_start_opts_back_in(
     await network.wait_idle()
 
     async def opted_in() -> bool:
-        done = await finished(client, org, (await enqueue(client, org))["id"])
+        done = await notification_finished(client, org, (await enqueue(client, org))["id"])
         return done["status"] == "completed"
 
     assert await eventually(opted_in, what="opt-in applied")
@@ -222,12 +218,12 @@ async def test_cancel_pending_and_retry_failed(
     again = await client.post(f"/api/notifications/{later['id']}/cancel", headers=org.headers)
     assert again.status_code == 409
 
-    failed = await finished(client, org, (await enqueue(client, org))["id"])
+    failed = await notification_finished(client, org, (await enqueue(client, org))["id"])
     assert failed["status"] == "failed"  # no session yet
     await link_phone(client, network, org, BUSINESS)
     retried = await client.post(f"/api/notifications/{failed['id']}/retry", headers=org.headers)
     assert retried.status_code == 200 and retried.json()["status"] == "pending"
-    assert (await finished(client, org, failed["id"]))["status"] == "completed"
+    assert (await notification_finished(client, org, failed["id"]))["status"] == "completed"
 
 
 async def test_scheduled_notification_waits(
@@ -236,7 +232,7 @@ async def test_scheduled_notification_waits(
     await link_phone(client, network, org, BUSINESS)
     later = await enqueue(client, org, scheduled_for="2099-01-01T08:00:00+00:00")
     now = await enqueue(client, org)
-    await finished(client, org, now["id"])
+    await notification_finished(client, org, now["id"])
     assert (await notification(client, org, later["id"]))["status"] == "pending"
 
 

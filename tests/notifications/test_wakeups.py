@@ -1,7 +1,12 @@
-"""LISTEN/NOTIFY wake-ups on PostgreSQL: a notification queued by another process (here: raw
-SQL on another connection, so the in-process wake is not used) is claimed at once, not at the
-next poll; with WANOTIFY_LISTEN off it waits for the poll; the LISTEN connection comes back
-after it is killed; session status changes are NOTIFYed with the org id."""
+"""Wake-ups: the dispatcher does not wait for its poll when there is something to send.
+
+In-process (SQLite and PostgreSQL, LISTEN off so only these can be quick): an enqueue through
+the API wakes it, and a session that reconnects sends what waited for it at once.
+
+LISTEN/NOTIFY on PostgreSQL: a notification queued by another process (here: raw SQL on another
+connection, so the in-process wake is not used) is claimed at once, not at the next poll; with
+WANOTIFY_LISTEN off it waits for the poll; the LISTEN connection comes back after it is killed;
+session status changes are NOTIFYed with the org id."""
 
 from __future__ import annotations
 
@@ -11,17 +16,119 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from fastapi import FastAPI
-from tests.support import eventually
+from tests.support import (
+    Org,
+    eventually,
+    link_phone,
+    notification,
+    notification_finished,
+    session_status,
+)
 
 from wanotify.app import create_app
 from wanotify.db.notify import APPLICATION_NAME, SESSIONS_CHANNEL, PgListener, plain_dsn
-from wanotify.notifications.dispatcher import NOT_CONNECTED
+from wanotify.notifications.dispatcher import NOT_CONNECTED, WAITING_FOR_SESSION, Dispatcher
 from wanotify.runtime import Runtime
 from wanotify.settings import Settings
+from wanotify.transports.simulator import SimulatorNetwork
 
 SLOW_POLL = 30.0  # far longer than any wait below: a pick-up can only come from NOTIFY
+NO_POLL = 300.0  # in-process wake-ups: no poll and no re-check comes within a test
+BUSINESS = "+14155550100"
+DRIVER = "+14155550123"
+
+
+async def asleep(dispatcher: Dispatcher) -> None:
+    """Until the dispatcher sleeps with nothing to do and no wake-up pending."""
+    await asyncio.wait_for(dispatcher.idle.wait(), 10)
+
+
+# ---- in-process wake-ups (SQLite and PostgreSQL) -------------------------------------------
+
+
+@pytest.fixture
+def rare_poll(settings: Settings) -> Settings:
+    """Requested before the app: no poll, no LISTEN, no re-check of a waiting notification
+    within the test, so only an in-process wake-up sends anything promptly."""
+    settings.dispatch_poll_seconds = NO_POLL
+    settings.disconnected_retry_seconds = NO_POLL
+    settings.listen = False
+    return settings
+
+
+@pytest.fixture
+async def linked(
+    rare_poll: Settings,
+    client: httpx.AsyncClient,
+    network: SimulatorNetwork,
+    org: Org,
+    runtime: Runtime,
+) -> Org:
+    """``org`` with its phone linked, and the dispatcher back asleep after the wake-up that
+    the connect gave it."""
+    assert runtime.listener is None
+    hook = runtime.sessions.on_connected
+    assert hook is not None
+    connected = asyncio.Event()
+
+    def on_connected(org_id: uuid.UUID) -> None:
+        hook(org_id)
+        connected.set()
+
+    runtime.sessions.on_connected = on_connected
+    await link_phone(client, network, org, BUSINESS)
+    await asyncio.wait_for(connected.wait(), 10)
+    runtime.sessions.on_connected = hook
+    await asleep(runtime.dispatcher)
+    return org
+
+
+async def test_an_enqueue_through_the_api_is_sent_at_once(
+    linked: Org, client: httpx.AsyncClient, network: SimulatorNetwork, runtime: Runtime
+) -> None:
+    assert runtime.dispatcher.idle.is_set()  # asleep for the next NO_POLL seconds
+    sent = await client.post(
+        "/api/messages/send", json={"to": DRIVER, "text": "Gate code 4411"}, headers=linked.headers
+    )
+    assert sent.status_code == 202, sent.text
+
+    async def received() -> bool:
+        return [m["text"] for m in network.inbox(DRIVER)] == ["Gate code 4411"]
+
+    await eventually(received, what="the message on the recipient's phone")
+
+
+async def test_a_reconnect_sends_what_waited_for_it_at_once(
+    linked: Org, client: httpx.AsyncClient, network: SimulatorNetwork
+) -> None:
+    network.offline(BUSINESS)
+
+    async def disconnected() -> bool:
+        return (await session_status(client, linked))["status"] == "disconnected"
+
+    await eventually(disconnected, what="session disconnected")
+    sent = await client.post(
+        "/api/messages/send", json={"to": DRIVER, "text": "Depot closed"}, headers=linked.headers
+    )
+    nid = sent.json()["notification_id"]
+
+    async def waiting() -> bool:
+        state = await notification(client, linked, nid)
+        return state["status"] == "pending" and state["last_error"] == WAITING_FOR_SESSION
+
+    await eventually(waiting, what="the notification waiting for the session")
+    network.online(BUSINESS)  # reconnects (with backoff: tenths of a second here)
+
+    # sent at once: its next re-check of the session is NO_POLL seconds away
+    done = await notification_finished(client, linked, nid)
+    assert done["status"] == "completed" and done["attempts"] == 1, done
+    assert [m["text"] for m in network.inbox(DRIVER)] == ["Depot closed"]
+
+
+# ---- LISTEN/NOTIFY (PostgreSQL) --------------------------------------------------------------
 
 
 @pytest.fixture
@@ -108,7 +215,7 @@ async def test_an_enqueue_by_another_process_wakes_the_dispatcher(
     listener = runtime_listening.listener
     assert listener is not None
     await asyncio.wait_for(listener.connected.wait(), 10)
-    await asyncio.sleep(0.3)  # the start-up pass is over: the dispatcher sleeps on the 30 s poll
+    await asleep(runtime_listening.dispatcher)  # on the 30 s poll
     org_id = await insert_org(other)
 
     row_id = await insert_notification(other, org_id)
@@ -120,7 +227,7 @@ async def test_an_enqueue_by_another_process_wakes_the_dispatcher(
 async def test_with_listen_off_it_waits_for_the_poll(runtime_polling: Runtime, other: Any) -> None:
     assert runtime_polling.listener is None
     assert runtime_polling.dispatcher.listener is None
-    await asyncio.sleep(0.3)  # the start-up pass is over: the dispatcher sleeps on the 30 s poll
+    await asleep(runtime_polling.dispatcher)  # on the 30 s poll
     org_id = await insert_org(other)
     row_id = await insert_notification(other, org_id)
 
@@ -148,7 +255,7 @@ async def test_the_listen_connection_comes_back_after_it_is_killed(
         return listener.connects >= 2 and listener.connected.is_set()
 
     await eventually(reconnected, what="the LISTEN connection back")
-    await asyncio.sleep(0.3)
+    await asleep(runtime_listening.dispatcher)  # after the look it takes on reconnecting
     row_id = await insert_notification(other, await insert_org(other))
     assert await picked_up(other, row_id, within=5) == ("failed", NOT_CONNECTED)
 

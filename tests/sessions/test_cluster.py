@@ -179,3 +179,36 @@ async def test_a_lease_is_renewed_only_by_its_holder(factory: SessionFactory) ->
         assert await cluster.renew(
             db, instance_id="a", session_ids=[session_id], lease_until=until, now=now
         ) == {session_id}
+
+
+async def test_claimed_sessions_become_connecting_in_one_statement(
+    factory: SessionFactory,
+) -> None:
+    for _ in range(3):
+        await org_with_session(factory, owner=None)
+    theirs = await org_with_session(factory, owner="b")
+    now = utcnow()
+    async with factory() as db, db.begin():
+        taken = await cluster.claim_free(
+            db, instance_id="a", limit=10, lease_until=now + timedelta(seconds=TTL), now=now
+        )
+        their_id = await db.scalar(
+            select(WhatsAppSession.id).where(WhatsAppSession.org_id == theirs)
+        )
+        assert their_id is not None
+        started = await cluster.start_connecting(
+            db,
+            session_ids=[sid for sid, _ in taken] + [their_id],  # not a's: left alone
+            instance_id="a",
+            now=utcnow(),
+        )
+    assert len(taken) == 3
+    assert {row.id for row, _ in started} == {sid for sid, _ in taken}
+    assert {(row.status, before) for row, before in started} == {("connecting", "disconnected")}
+    assert all(row.auth_state is not None for row, _ in started)  # to connect with
+    async with factory() as db:
+        statuses = dict(
+            (await db.execute(select(WhatsAppSession.org_id, WhatsAppSession.status))).all()
+        )
+    assert statuses[theirs] == "connected"
+    assert sorted(statuses.values()) == ["connected", "connecting", "connecting", "connecting"]

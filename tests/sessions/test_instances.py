@@ -1,6 +1,7 @@
 """Two instances on one PostgreSQL database, in one process (one simulated network): sessions
 spread over them, a request on either reaches the session's owner, a lost lease closes the
-socket, and an owner that does not answer is a clear 503."""
+socket, an owner that does not answer is a clear 503, and a dead instance's sessions are adopted
+as soon as its leases run out."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from wanotify.sessions import cluster
 from wanotify.sessions.models import WhatsAppSession
 from wanotify.settings import Settings
 from wanotify.transports.simulator import SimulatorNetwork, SimulatorTransport
+from wanotify.webhooks import service as webhooks
+from wanotify.webhooks.models import WebhookDelivery
 
 
 @dataclass
@@ -45,21 +48,27 @@ def pg_settings(settings: Settings, database_url: str) -> Settings:
     return settings
 
 
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, network: SimulatorNetwork, name: str
+) -> AsyncIterator[Instance]:
+    """One instance named ``name`` (its service started) on the shared simulated network."""
+    own = settings.model_copy(update={"instance_id": name})
+    app = create_app(own, runtime=Runtime(own, transport=SimulatorTransport(network)))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=f"http://{name}"
+        ) as client,
+    ):
+        yield Instance(app, client)
+
+
 @pytest.fixture
 async def pair(pg_settings: Settings) -> AsyncIterator[tuple[Instance, Instance]]:
     network = SimulatorNetwork(delivery_delay_seconds=0.01)
-    async with contextlib.AsyncExitStack() as stack:
-        instances = []
-        for name in ("a", "b"):
-            own = pg_settings.model_copy(update={"instance_id": name})
-            runtime = Runtime(own, transport=SimulatorTransport(network))
-            app = create_app(own, runtime=runtime)
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{name}")
-            )
-            instances.append(Instance(app, client))
-        yield instances[0], instances[1]
+    async with running(pg_settings, network, "a") as a, running(pg_settings, network, "b") as b:
+        yield a, b
     await network.aclose()
 
 
@@ -178,3 +187,139 @@ async def test_a_lost_lease_closes_the_socket_at_once(pair: tuple[Instance, Inst
 
     await eventually(let_go, what="the old owner closing its socket")
     assert network_of(a).connection_for("+14155550400") is None
+
+
+async def test_a_pairing_code_asked_of_either_instance_comes_from_the_owner(
+    pair: tuple[Instance, Instance],
+) -> None:
+    a, b = pair
+    org = await create_org(a.runtime, a.client, name="Paired", email="p@fleet.test")
+    first = await a.client.post("/api/sessions/init", headers=org.headers)
+    assert first.status_code == 201 and first.json()["status"] == "qr_pending", first.text
+    owner = await owner_of(a.runtime, org)
+    holder, other = (a, b) if owner == "a" else (b, a)
+    sid = await session_id(a.runtime, org)
+    phone = "+14155550500"
+
+    # asked of the instance without the socket: the owner's socket makes the code
+    response = await other.client.post(
+        "/api/sessions/pairing-code", headers=org.headers, json={"phone": "(415) 555-0500"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["phone"] == phone
+    assert not other.runtime.sessions.owns(sid)  # no second socket was opened to answer
+    assert await owner_of(a.runtime, org) == owner
+
+    # the code is the owner's: the phone types it, and the owner's socket is linked
+    typed = await other.client.post(f"/sim/phones/{phone}/pair", json={"code": body["code"]})
+    assert typed.status_code == 200, typed.text
+
+    async def linked() -> bool:
+        state = await session_status(other.client, org)
+        return state["status"] == "connected" and state["phone_number"] == phone
+
+    await eventually(linked, what="linked by the pairing code")
+    assert holder.runtime.sessions.connection(sid) is not None
+    assert not other.runtime.sessions.owns(sid)
+
+    # an error is the owner's answer too, whichever instance is asked
+    answers = [
+        await instance.client.post(
+            "/api/sessions/pairing-code", headers=org.headers, json={"phone": phone}
+        )
+        for instance in (holder, other)
+    ]
+    assert [r.status_code for r in answers] == [409, 409], [r.text for r in answers]
+    assert answers[0].json()["detail"] == answers[1].json()["detail"]
+    assert "already linked" in answers[1].json()["detail"]
+
+
+async def test_a_dead_instances_sessions_are_adopted_when_its_lease_runs_out(
+    pg_settings: Settings,
+) -> None:
+    """Not at the adopter's next heartbeat (lease/4 apart, 7.5 s here): it wakes when the
+    dead instance's lease runs out. The host app hears connected → connecting → connected."""
+    pg_settings.session_lease_seconds = 30.0
+    pg_settings.webhook_poll_seconds = 3600.0  # deliveries are queued, never sent here
+    network = SimulatorNetwork(delivery_delay_seconds=0.01)
+    phone = "+14155550600"
+    async with running(pg_settings, network, "gone") as gone:
+        org = await create_org(gone.runtime, gone.client, name="Orphan", email="o@fleet.test")
+        await link_phone(gone.client, network, org, phone)
+        sid = await session_id(gone.runtime, org)
+        async with gone.runtime.factory() as db, db.begin():
+            await webhooks.configure(
+                db,
+                gone.runtime.box,
+                org_id=org.id,
+                url="https://hooks.fleet.example/wanotify",
+                events=["session.status"],
+            )
+    # as if "gone" had died holding the socket: its lease runs out in 3 s
+    expires = utcnow() + timedelta(seconds=3)
+    async with gone.runtime.factory() as db, db.begin():
+        await db.execute(
+            update(WhatsAppSession)
+            .where(WhatsAppSession.id == sid)
+            .values(status="connected", owner_instance="gone", lease_expires_at=expires)
+        )
+
+    async with running(pg_settings, network, "heir") as heir:  # first heartbeat in 7.5 s
+
+        async def adopted() -> bool:
+            state = await session_status(heir.client, org)
+            live = heir.runtime.sessions.connection(sid) is not None  # its socket is up
+            return live and state["status"] == "connected"
+
+        left = (expires - utcnow()).total_seconds()
+        await eventually(adopted, what="the session adopted", timeout=left + 2.5, every=0.05)
+        assert utcnow() >= expires  # not before the lease ran out
+        assert await owner_of(heir.runtime, org) == "heir"
+        assert network.connection_for(phone) is not None
+        async with heir.runtime.factory() as db:
+            told = [
+                (d.payload["data"]["previous_status"], d.payload["data"]["status"])
+                for d in await db.scalars(
+                    select(WebhookDelivery)
+                    .where(WebhookDelivery.org_id == org.id)
+                    .order_by(WebhookDelivery.created_at)
+                )
+            ]
+        assert told[-2:] == [("connected", "connecting"), ("connecting", "connected")], told
+    await network.aclose()
+
+
+async def test_an_instance_restarted_under_its_own_id_resumes_its_sessions_at_once(
+    pg_settings: Settings,
+) -> None:
+    """A process that died holding leases and is started again under the same instance id (a
+    supervisor restarting a named instance) takes its sessions back at start, without waiting
+    for its own leases to run out."""
+    pg_settings.session_lease_seconds = 30.0
+    network = SimulatorNetwork(delivery_delay_seconds=0.01)
+    phone = "+14155550700"
+    async with running(pg_settings, network, "named") as first:
+        org = await create_org(first.runtime, first.client, name="Named", email="n@fleet.test")
+        await link_phone(first.client, network, org, phone)
+        sid = await session_id(first.runtime, org)
+    # as if "named" had been killed holding the socket: its lease has 30 s to run
+    expires = utcnow() + timedelta(seconds=30)
+    async with first.runtime.factory() as db, db.begin():
+        await db.execute(
+            update(WhatsAppSession)
+            .where(WhatsAppSession.id == sid)
+            .values(status="connected", owner_instance="named", lease_expires_at=expires)
+        )
+
+    async with running(pg_settings, network, "named") as again:
+
+        async def resumed() -> bool:
+            state = await session_status(again.client, org)
+            live = again.runtime.sessions.connection(sid) is not None  # its socket is up
+            return live and state["status"] == "connected"
+
+        await eventually(resumed, what="the session resumed", timeout=5, every=0.05)
+        assert await owner_of(again.runtime, org) == "named"
+        assert utcnow() < expires  # long before its old lease ran out
+    await network.aclose()

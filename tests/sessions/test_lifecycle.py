@@ -13,17 +13,20 @@ from tests.support import (
     eventually,
     link_phone,
     login,
+    notification_finished,
     session_status,
 )
 
 from wanotify.app import create_app
 from wanotify.db.audit import AuditLog
+from wanotify.notifications.dispatcher import NOT_CONNECTED
 from wanotify.runtime import Runtime
 from wanotify.sessions.models import WhatsAppSession
 from wanotify.settings import Settings
 from wanotify.transports.simulator import SimulatorNetwork
 
 PHONE = "+14155550100"
+DRIVER = "+14155550123"
 
 
 async def status_becomes(client: httpx.AsyncClient, org: Org, status: str) -> dict[str, Any]:
@@ -92,6 +95,40 @@ async def test_messages_wait_for_a_reconnect(
         return n["status"] == "completed" and n["attempts"] == 1
 
     await eventually(completed, what="sent after reconnect")
+
+
+async def test_pause_fails_what_is_sent_and_resume_sends_again(
+    client: httpx.AsyncClient, network: SimulatorNetwork, org: Org
+) -> None:
+    await link_phone(client, network, org, PHONE)
+
+    async def send(text: str) -> dict[str, Any]:
+        sent = await client.post(
+            "/api/messages/send", json={"to": DRIVER, "text": text}, headers=org.headers
+        )
+        assert sent.status_code == 202, sent.text
+        return await notification_finished(client, org, sent.json()["notification_id"])
+
+    async def set_enabled(enabled: bool) -> dict[str, Any]:
+        response = await client.patch(
+            "/api/sessions/current", json={"enabled": enabled}, headers=org.headers
+        )
+        assert response.status_code == 200, response.text
+        state = dict(response.json())
+        assert state["enabled"] is enabled
+        assert state["status"] == "connected"  # the link and the socket stay either way
+        return state
+
+    await set_enabled(False)
+    paused = await send("while paused")
+    # SPEC §3: a disabled session fails at once (no waiting, no retry)
+    assert paused["status"] == "failed" and paused["last_error"] == NOT_CONNECTED, paused
+    assert paused["attempts"] == 1
+
+    await set_enabled(True)
+    resumed = await send("after resuming")
+    assert resumed["status"] == "completed", resumed
+    assert [m["text"] for m in network.inbox(DRIVER)] == ["after resuming"]
 
 
 async def test_unlink_from_phone_logs_out_and_wipes_auth(

@@ -361,6 +361,26 @@ async def test_typing_shows_on_the_recipients_phone(
     assert network.typing_seen(STRANGER) == []
 
 
+async def test_typing_first_marks_read_what_the_recipient_wrote(
+    network: SimulatorNetwork, new_session: Any
+) -> None:
+    other = "+15559876543"
+    s = new_session()
+    await link(s, network)
+    first = network.reply(CUSTOMER, BUSINESS, "where is my truck?")
+    network.reply(other, BUSINESS, "hello?")
+    await s.expect(Incoming)
+    await s.expect(Incoming)
+    assert [m["read"] for m in network.written(CUSTOMER)] == [False]
+
+    await s.conn.show_typing(to=CUSTOMER, seconds=0)
+
+    [seen] = network.written(CUSTOMER)
+    assert seen["whatsapp_message_id"] == first["whatsapp_message_id"]
+    assert (seen["to"], seen["read"]) == (BUSINESS, True)
+    assert [m["read"] for m in network.written(other)] == [False]  # another chat: unread
+
+
 async def test_send_needs_a_connection(new_session: Any) -> None:
     s = new_session()
     with pytest.raises(NotConnected):

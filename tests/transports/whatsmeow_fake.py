@@ -3,8 +3,9 @@
 The real client cannot reach WhatsApp here. This one keeps neonize's API (``event(cls)``
 decorators registered before ``connect``, the ``qr`` callback, ``connect`` returning the task of
 the blocking Go call, ``PairPhone`` failing before the websocket is up, ``send_message`` answering
-a ``SendResponse`` with whatsmeow's own message id, ``is_on_whatsapp``) and reports what happens
-with neonize's own protobuf event objects, so everything from ``adapter`` on is the real code.
+a ``SendResponse`` with whatsmeow's own message id, ``is_on_whatsapp``, ``send_chat_presence``
+and ``mark_read`` with neonize's signatures) and reports what happens with neonize's own protobuf
+event objects, so everything from ``adapter`` on is the real code.
 
 ``FakeChild`` is the real ``Child`` with these clients plus ``fake_*`` ops through which a test
 plays the phone and the servers (scan, deliver, read, reply, unlink, ban, drop the network).
@@ -51,6 +52,9 @@ class FakeServers:
         self.devices: set[str] = set()  # "user:device@server", like whatsmeow's store
         self.not_on_whatsapp: set[str] = set()
         self.inboxes: dict[str, list[dict[str, str]]] = {}  # phone digits → messages
+        # phone digits → what that person's chat showed of us, in order: "read <ids>" (their
+        # messages got blue ticks), "composing" / "paused" (our typing indicator)
+        self.chats: dict[str, list[str]] = {}
         self.online = True
         if state is not None and state.exists():
             self.devices = set(json.loads(state.read_text())["devices"])
@@ -156,7 +160,30 @@ class FakeClient:
         return _pb().SendResponse(ID=theirs, Timestamp=0)
 
     async def send_chat_presence(self, jid: Any, state: Any, media: Any) -> None:
+        from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+
         self._require_up()
+        assert isinstance(state, ChatPresence) and isinstance(media, ChatPresenceMedia)
+        shown = state.name.removeprefix("CHAT_PRESENCE_").lower()
+        self.servers.chats.setdefault(jid.User, []).append(shown)
+
+    async def mark_read(
+        self,
+        *message_ids: str,
+        chat: Any,
+        sender: Any,
+        receipt: Any,
+        timestamp: int | None = None,
+    ) -> None:
+        from neonize.utils.enum import ReceiptType
+
+        self._require_up()
+        assert isinstance(receipt, ReceiptType) and message_ids
+        assert chat.Server == SERVER and sender.User == chat.User  # a one-to-one chat
+        receipt_name = receipt.name.lower()
+        self.servers.chats.setdefault(chat.User, []).append(
+            f"{receipt_name} {' '.join(message_ids)}"
+        )
 
     async def logout(self) -> None:
         self._require_up()
@@ -230,8 +257,8 @@ class FakeChild(real_child.Child):
             await session.client.fire(event)
         return len(messages)
 
-    async def op_fake_reply(self, request: dict[str, Any]) -> None:
-        """The phone ``phone`` writes ``text`` to this connection's number."""
+    async def op_fake_reply(self, request: dict[str, Any]) -> str:
+        """The phone ``phone`` writes ``text`` to this connection's number; the message id."""
         from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
 
         pb = _pb()
@@ -242,6 +269,7 @@ class FakeChild(real_child.Child):
             MessageSource=source, ID="3A" + secrets.token_hex(8).upper(), Timestamp=1_700_000_000
         )
         await client.fire(pb.Message(Info=info, Message=Message(conversation=request["text"])))
+        return str(info.ID)
 
     async def op_fake_event(self, request: dict[str, Any]) -> None:
         """Any neonize event without nested messages, by protobuf name and fields."""
@@ -267,6 +295,10 @@ class FakeChild(real_child.Child):
 
     async def op_fake_not_on_whatsapp(self, request: dict[str, Any]) -> None:
         self.servers.not_on_whatsapp.add(str(request["phone"]).lstrip("+"))
+
+    async def op_fake_chat(self, request: dict[str, Any]) -> list[str]:
+        """What ``phone``'s chat showed of us: read marks and typing, in order."""
+        return list(self.servers.chats.get(str(request["phone"]).lstrip("+"), []))
 
     async def op_fake_inbox(self, request: dict[str, Any]) -> list[str]:
         user = str(request["phone"]).lstrip("+")

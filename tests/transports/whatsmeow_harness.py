@@ -53,6 +53,19 @@ class WhatsmeowHarness:
     async def received(self, phone: str) -> list[str]:
         return list(await self.supervisor.request("fake_inbox", phone=phone))
 
+    async def reply(self, conn: Connection, phone: str, text: str) -> str:
+        """``phone`` writes ``text`` to the connection's number; the message's id."""
+        return str(
+            await self.supervisor.request(
+                "fake_reply", conn=self._key(conn), phone=phone, text=text
+            )
+        )
+
+    async def chat(self, phone: str) -> list[str]:
+        """What ``phone``'s chat showed of us, in order: ``read <ids>``, ``composing``,
+        ``paused``."""
+        return list(await self.supervisor.request("fake_chat", phone=phone))
+
     async def drop_network(self, conn: Connection) -> None:
         """The socket drops (the network comes straight back: a reconnect works)."""
         await self.supervisor.request("fake_drop", conn=self._key(conn), offline=False)

@@ -24,12 +24,16 @@ async def get_principal(request: Request, db: SessionDep, settings: SettingsDep)
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    # End the lookup's transaction: on SQLite it holds the write lock, and the handler may open
+    # sessions of its own (the session manager does). A lookup that failed is rolled back, not
+    # committed: after a lost connection (PostgreSQL restarting) a commit would raise "can't
+    # reconnect until invalid transaction is rolled back" in place of the real error.
     try:
         principal = await principal_for(db, settings, bearer=token.strip())
-    finally:
-        # End the lookup's transaction: on SQLite it holds the write lock, and the handler may
-        # open sessions of its own (the session manager does).
-        await db.commit()
+    except BaseException:
+        await db.rollback()
+        raise
+    await db.commit()
     # Row-level security: the rest of the request reads and writes the caller's org only.
     await scope_to_org(db, principal.org_id)
     request.state.principal = principal

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from wanotify.clock import utcnow
 from wanotify.errors import InvalidInput
 from wanotify.messages.models import WhatsAppMessage
+from wanotify.transports.whatsmeow import adapter as whatsmeow
 
 CHART_DAYS = 14
 #: Bottom to top in the stacked bars; "pending" is queued + sending.
@@ -52,7 +53,20 @@ _ERRORS = {
     "replaced by another connection of the same device": (
         "This session was opened somewhere else, so this connection was closed."
     ),
+    # the same events as whatsmeow reports them
+    whatsmeow.UNLINKED: (
+        "The phone removed this linked device. Connect again and scan a new QR code."
+    ),
+    whatsmeow.MAIN_DEVICE_GONE: (
+        "WhatsApp was reinstalled or the account deleted on the phone, so this link ended. "
+        "Connect again and scan a new QR code."
+    ),
+    whatsmeow.CONNECTION_LOST: "The connection to WhatsApp was lost. It reconnects by itself.",
+    whatsmeow.STREAM_REPLACED: (
+        "This session was opened somewhere else, so this connection was closed."
+    ),
 }
+_TEMPORARY_BAN = "temporarily banned by WhatsApp: "
 
 
 def status_label(status: str) -> str:
@@ -65,8 +79,14 @@ def error_in_words(error: str | None) -> str | None:
         return None
     if error in _ERRORS:
         return _ERRORS[error]
-    if error.startswith("QR code was not scanned"):
+    if "qr code was not scanned" in error.lower():  # the simulator's and whatsmeow's wording
         return f"{error[0].upper()}{error[1:]}. Press Connect to get a new QR code."
+    if error.startswith(_TEMPORARY_BAN):
+        return (
+            f"WhatsApp has stopped this number from sending for a while "
+            f"({error.removeprefix(_TEMPORARY_BAN)}). Notifications wait in the queue and go "
+            "out by themselves afterwards."
+        )
     return f"WhatsApp reported: {error}"
 
 

@@ -47,7 +47,10 @@ NOTICES = {
     "connecting": "Connecting to WhatsApp.",
     "disconnected": "Disconnected. Connect reconnects without a new QR code.",
     "logged_out": "Logged out: the phone is unlinked.",
-    "paused": "Sending paused: notifications wait in the queue.",
+    "paused": (
+        "Sending paused: until you resume, new notifications fail at once "
+        "(“session not connected”) instead of being sent."
+    ),
     "resumed": "Sending resumed.",
     "revoked": "API key revoked.",
     "scanned": "The simulated phone scanned the QR code.",

@@ -3,8 +3,9 @@
 It sleeps on an event that enqueues set (so a new notification is picked up within
 milliseconds), bounded by the next due time and a polling fallback for enqueues made by other
 processes. Rules (SPEC §3): no session, logged out, failed or paused → fail at once ("session not
-connected"); linked but disconnected → wait for the reconnect; opted-out recipient → fail;
-not on WhatsApp → fail without retry; other errors → retry with backoff up to max_attempts.
+connected"); linked but disconnected → wait for the reconnect (and go as soon as it comes);
+opted-out recipient → fail; not on WhatsApp → fail without retry; other errors → retry with
+backoff up to max_attempts.
 
 Account safety (``pacing``): a paused number (temporary ban), quiet hours and the pacing rules
 (gap, budgets, warm-up, per-recipient cap) put a notification back to pending until the moment
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 NOT_CONNECTED = "session not connected"
 OPTED_OUT = "recipient opted out"
 NOT_ON_WHATSAPP = "recipient is not on WhatsApp"
+#: ``last_error`` of a notification waiting for its linked session to reconnect
+WAITING_FOR_SESSION = f"{NOT_CONNECTED}: waiting for the session to reconnect"
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ class Dispatcher:
         self.sessions = sessions
         self.instance_id = settings.instance_id
         self._wake = asyncio.Event()
+        #: set while the loop sleeps with nothing to do and no wake-up pending (until the next
+        #: due time or the poll); cleared by any wake-up
+        self.idle = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
@@ -106,12 +112,15 @@ class Dispatcher:
         # orgs whose number may send to nobody before a time (gap, budgets, pause): their rows
         # are not claimed until then, so a backlog is not claimed and put back at every send
         self._blocked: dict[uuid.UUID, datetime] = {}
+        # orgs whose session (re)connected: their notifications waiting for it are due now
+        self._reconnected: set[uuid.UUID] = set()
 
     # ---- control -----------------------------------------------------------------------------
 
     def wake(self) -> None:
         """Something became due (an enqueue, a reconnect): look now instead of at the timeout."""
         self._wake.set()
+        self.idle.clear()
 
     async def start(self) -> None:
         self._stopping = False
@@ -121,6 +130,12 @@ class Dispatcher:
                 self.listener.subscribe(QUEUE_CHANNEL, self._notified)
                 self._subscribed = True
             await self.listener.start()
+
+    def session_connected(self, org_id: uuid.UUID) -> None:
+        """An org's session (re)connected or was resumed: what waits for it goes now, not at
+        its next re-check (``disconnected_retry_seconds``)."""
+        self._reconnected.add(org_id)
+        self.wake()
 
     def _notified(self, _payload: str) -> None:
         self.wake()
@@ -155,6 +170,7 @@ class Dispatcher:
             self._wake.clear()
             try:
                 await self._sweep_expired()
+                await self._release_waiting()
                 claimed = await self._claim()
             except Exception:
                 log.exception("claim failed; retrying after the poll interval")
@@ -230,7 +246,7 @@ class Dispatcher:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._wake.set()
+        self.wake()
 
     async def _sleep(self) -> None:
         if self._free_slots() <= 0:
@@ -246,8 +262,11 @@ class Dispatcher:
             if blocked:  # wake when the first block ends
                 ends = min(self._blocked.values())
                 timeout = max(0.0, min(timeout, (ends - utcnow()).total_seconds()))
+        if timeout > 0 and not self._wake.is_set():
+            self.idle.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
+        self.idle.clear()
 
     async def _sweep_expired(self) -> None:
         now = time.monotonic()
@@ -259,10 +278,24 @@ class Dispatcher:
         if released:
             log.warning("returned %d notifications with expired leases to pending", released)
 
+    async def _release_waiting(self) -> None:
+        if not self._reconnected:
+            return
+        org_ids, self._reconnected = self._reconnected, set()
+        try:
+            async with self.factory() as db, db.begin():
+                await queue.release_waiting(
+                    db, org_ids=org_ids, last_error=WAITING_FOR_SESSION, now=utcnow()
+                )
+        except BaseException:
+            self._reconnected |= org_ids  # tried again on the next pass
+            raise
+
     # ---- one notification --------------------------------------------------------------------
 
     async def _process(self, row: Notification, context: Context) -> None:
-        with bind(org_id=str(row.org_id), notification_id=str(row.id)):
+        session_id = str(context.session.id) if context.session else None
+        with bind(org_id=str(row.org_id), session_id=session_id, notification_id=str(row.id)):
             try:
                 outcome = await self._send(row, context)
             except Exception as exc:
@@ -488,7 +521,7 @@ class Dispatcher:
             return Outcome("failed", f"{NOT_CONNECTED} (waited {int(waited)}s for a reconnect)")
         return Outcome(
             "pending",
-            f"{NOT_CONNECTED}: waiting for the session to reconnect",
+            WAITING_FOR_SESSION,
             retry_in=self.settings.disconnected_retry_seconds,
             refund_attempt=True,
         )

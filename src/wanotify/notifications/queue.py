@@ -94,6 +94,25 @@ async def release_expired(db: AsyncSession, *, now: datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+async def release_waiting(
+    db: AsyncSession, *, org_ids: Collection[uuid.UUID], last_error: str, now: datetime
+) -> int:
+    """Rows of these orgs waiting for their session to reconnect (``last_error``) are due now:
+    the session is back, so they go at once instead of at their next re-check."""
+    result = await db.execute(
+        update(Notification)
+        .where(
+            Notification.status == "pending",
+            Notification.org_id.in_(org_ids),
+            Notification.last_error == last_error,
+            Notification.next_attempt_at > now,
+        )
+        .values(next_attempt_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def next_due(db: AsyncSession, *, skip_orgs: Collection[uuid.UUID] = ()) -> datetime | None:
     query = select(func.min(Notification.next_attempt_at)).where(Notification.status == "pending")
     if skip_orgs:

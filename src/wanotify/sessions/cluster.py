@@ -118,6 +118,21 @@ async def least_loaded(
     return min(sorted(live), key=lambda i: (held.get(i, 0), i != me))
 
 
+async def next_expiry(db: AsyncSession, *, instance_id: str, now: datetime) -> datetime | None:
+    """When the next lease another instance holds on a wanted session runs out (None: none
+    ahead). A live holder renews its leases every beat, so this is far off unless the holder
+    stopped renewing (died or hung): then it is when that holder's sessions become free."""
+    soonest: datetime | None = await db.scalar(
+        select(func.min(WhatsAppSession.lease_expires_at)).where(
+            wanted(),
+            WhatsAppSession.owner_instance.is_not(None),
+            WhatsAppSession.owner_instance != instance_id,
+            WhatsAppSession.lease_expires_at >= now,
+        )
+    )
+    return soonest
+
+
 async def claim_free(
     db: AsyncSession,
     *,
@@ -153,6 +168,31 @@ async def claim_free(
         .execution_options(synchronize_session=False)
     )
     return [(row[0], row[1]) for row in await db.execute(stmt)]
+
+
+async def start_connecting(
+    db: AsyncSession, *, session_ids: Sequence[uuid.UUID], instance_id: str, now: datetime
+) -> list[tuple[WhatsAppSession, str | None]]:
+    """Sessions this instance has just claimed become ``connecting``, all in one statement
+    (adopting a dead instance's sessions is then one write, not one per session). Each row as
+    written (credentials included, to connect with), with its status before."""
+    if not session_ids:
+        return []
+    ids = list(session_ids)
+    before = {
+        sid: status
+        for sid, status in await db.execute(
+            select(WhatsAppSession.id, WhatsAppSession.status).where(WhatsAppSession.id.in_(ids))
+        )
+    }
+    rows = await db.scalars(
+        update(WhatsAppSession)
+        .where(WhatsAppSession.id.in_(ids), WhatsAppSession.owner_instance == instance_id)
+        .values(status="connecting", updated_at=now)
+        .returning(WhatsAppSession)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    return [(row, before.get(row.id)) for row in rows]
 
 
 async def take_lease(

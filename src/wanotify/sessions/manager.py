@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify import backoff
 from wanotify.clock import utcnow
@@ -28,6 +29,7 @@ from wanotify.db.base import UTCDateTime
 from wanotify.db.dialect import notify
 from wanotify.db.engine import SessionFactory
 from wanotify.db.notify import COMMAND_DONE_CHANNEL, COMMANDS_CHANNEL, PgListener
+from wanotify.db.outage import is_unavailable
 from wanotify.errors import Conflict, DomainError, InvalidInput, NotFound, Unavailable
 from wanotify.logs import bind
 from wanotify.messages import service as messages
@@ -62,6 +64,14 @@ COMMAND_ERRORS: dict[str, type[DomainError]] = {
     cls.__name__: cls for cls in (Conflict, InvalidInput, NotFound, Unavailable)
 }
 OWNER_SILENT = "the instance that owns this session did not answer"
+NO_INSTANCE = "no running instance runs WhatsApp sessions (start `wanotify worker`)"
+# How long after another instance's lease runs out this one looks to adopt its sessions.
+EXPIRY_MARGIN_SECONDS = 0.05
+# Sessions resumed (adopted) at once. Each uses a pooled connection for its writes and then
+# waits on the network (a round trip to WhatsApp, or to the simulated network of ``serve``):
+# enough at once to overlap those waits (8 made a worker's takeover of 50 sessions take twice
+# as long, tests/test_scale.py), few enough that a thousand never queue on the pool.
+RESUME_AT_ONCE = 32
 
 
 @dataclass(eq=False)
@@ -92,7 +102,7 @@ class SessionManager:
         transport: Transport,
         box: SecretBox,
         hub: SessionEventHub,
-        on_connected: Callable[[], None] | None = None,
+        on_connected: Callable[[uuid.UUID], None] | None = None,
         listener: PgListener | None = None,
         lease_factory: SessionFactory | None = None,
     ) -> None:
@@ -115,6 +125,8 @@ class SessionManager:
         self._command_loop: asyncio.Task[None] | None = None
         self._executing: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._adopting: set[asyncio.Task[None]] = set()
+        # When another instance's lease runs out next (monotonic): adopt then, not a beat later.
+        self._next_expiry: float | None = None
         self._answers: dict[uuid.UUID, asyncio.Event] = {}
         if listener is not None:
             listener.subscribe(COMMANDS_CHANNEL, self._on_command_notify)
@@ -305,7 +317,7 @@ class SessionManager:
             audit=("session.resumed" if enabled else "session.paused", actor, {}),
         )
         if enabled and self.on_connected:
-            self.on_connected()
+            self.on_connected(org_id)
         return await self.get(org_id=org_id)
 
     async def get(self, *, org_id: uuid.UUID) -> WhatsAppSession:
@@ -337,14 +349,27 @@ class SessionManager:
 
     # ---- connections -------------------------------------------------------------------------
 
-    async def _open(self, session_id: uuid.UUID, org_id: uuid.UUID) -> Live:
+    async def _open(
+        self,
+        session_id: uuid.UUID,
+        org_id: uuid.UUID,
+        *,
+        adopted: dict[str, Any] | None = None,
+        gate: asyncio.Semaphore | None = None,
+    ) -> Live:
+        """A live session, connecting. ``adopted``: the credentials read when this instance
+        claimed the session (adoption): its lease is held and ``connecting`` written already,
+        so connecting only dials. ``gate``: connect once it lets this one through; the session
+        is live here at once, so no adoption pass claims it twice."""
         live = Live(session_id=session_id, org_id=org_id)
         self._live[session_id] = live
         live.pump = asyncio.create_task(self._pump(live), name=f"session-{session_id}")
-        await self._connect(live)
+        async with gate or contextlib.nullcontext():
+            if self._live.get(session_id) is live:  # not dropped while it waited
+                await self._connect(live, adopted=adopted)
         return live
 
-    def _new_connection(self, live: Live) -> Connection:
+    def _new_connection(self, live: Live, *, known: dict[str, Any] | None = None) -> Connection:
         live.generation += 1
         generation = live.generation
 
@@ -352,21 +377,23 @@ class SessionManager:
             live.events.put_nowait((generation, event))
 
         ref = SessionRef(session_id=str(live.session_id), org_id=str(live.org_id))
-        auth = DatabaseAuthStore(self.factory, self.box, live.session_id)
+        auth = DatabaseAuthStore(self.factory, self.box, live.session_id, known=known)
         return self.transport.open(ref, auth=auth, on_event=on_event)
 
-    async def _connect(self, live: Live) -> None:
+    async def _connect(self, live: Live, *, adopted: dict[str, Any] | None = None) -> None:
         if live.connection is not None:
             with contextlib.suppress(Exception):
                 await live.connection.close()
-        async with self.factory() as db, db.begin():
-            taken = await cluster.take_lease(
-                db,
-                session_id=live.session_id,
-                instance_id=self.instance_id,
-                lease_until=self._lease_end(),
-                now=utcnow(),
-            )
+        taken = adopted is not None  # adopted: the claim took the lease
+        if not taken:
+            async with self.factory() as db, db.begin():
+                taken = await cluster.take_lease(
+                    db,
+                    session_id=live.session_id,
+                    instance_id=self.instance_id,
+                    lease_until=self._lease_end(),
+                    now=utcnow(),
+                )
         if not taken:  # another instance holds it: never two live sockets
             log.warning("session held by another instance; not connecting", extra=self._ctx(live))
             live.connection = None
@@ -374,10 +401,11 @@ class SessionManager:
             await self._drop(live, close=False)
             return
         live.leased = True
-        live.connection = self._new_connection(live)
+        live.connection = self._new_connection(live, known=adopted)
         live.status = "connecting"
         live.settled.clear()
-        await self._write(live.org_id, live.session_id, live=live, status="connecting")
+        if adopted is None:  # an adoption wrote it for all its sessions at once
+            await self._write(live.org_id, live.session_id, live=live, status="connecting")
         connection = live.connection
         try:
             await connection.connect()
@@ -429,13 +457,43 @@ class SessionManager:
                 continue
             try:
                 with bind(org_id=str(live.org_id), session_id=str(live.session_id)):
-                    await self._apply(live, event)
+                    await self._apply_until_stored(live, generation, event)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("session event failed", extra={"event": type(event).__name__})
             if self._live.get(live.session_id) is not live:
                 return
+
+    async def _apply_until_stored(self, live: Live, generation: int, event: TransportEvent) -> None:
+        """Apply one event; while the database cannot be reached, apply it again later (with
+        backoff) instead of dropping it.
+
+        Why: a transport reports each event once. A receipt or a STOP reply that arrived while
+        PostgreSQL was restarting was logged and lost, leaving its message ``sent`` for ever
+        (or the recipient not opted out). Later events of the socket wait behind it, so their
+        order holds. It gives up when the socket is no longer this one (dropped, reconnected)."""
+        attempt = 0
+        while True:
+            try:
+                await self._apply(live, event)
+                return
+            except Exception as exc:
+                current = generation == live.generation and self._live.get(live.session_id) is live
+                if not (current and is_unavailable(exc)):
+                    raise
+                attempt += 1
+                wait = backoff.delay(
+                    attempt,
+                    base=self.settings.reconnect_base_seconds,
+                    cap=self.settings.reconnect_max_seconds,
+                )
+                log.warning(
+                    "database unavailable while storing a session event; retrying in %.1fs",
+                    wait,
+                    extra={"event": type(event).__name__, "attempt": attempt},
+                )
+                await asyncio.sleep(wait)
 
     async def _apply(self, live: Live, event: TransportEvent) -> None:
         if isinstance(event, QrCode):
@@ -494,7 +552,7 @@ class SessionManager:
         live.settled.set()
         log.info("session connected", extra={"phone_number": event.phone})
         if self.on_connected:
-            self.on_connected()
+            self.on_connected(live.org_id)
 
     async def _on_disconnected(self, live: Live, event: Disconnected) -> None:
         linked = await DatabaseAuthStore(self.factory, self.box, live.session_id).load()
@@ -600,18 +658,18 @@ class SessionManager:
             before = await db.scalar(
                 select(WhatsAppSession.status).where(WhatsAppSession.id == session_id)
             )
-            if not await service.set_state(db, session_id=session_id, owner=owner, **values):
+            # The row as written comes back from the UPDATE itself (RETURNING): no re-reads.
+            row = await service.write_state(db, session_id=session_id, owner=owner, **values)
+            if row is None:
                 await db.rollback()
                 if live is not None and self._live.get(live.session_id) is live:
                     log.warning("lease lost; closing this instance's socket", extra=self._ctx(live))
                     await self._drop(live, close=True)
                 return
             if values.get("status", before) != before:  # the host app hears of status changes
-                changed = await db.get(WhatsAppSession, session_id, populate_existing=True)
-                if changed is not None:
-                    data = {**service.public(changed), "previous_status": before}
-                    data.pop("qr_code")
-                    await webhooks.emit(db, org_id=org_id, event="session.status", data=data)
+                data = {**service.public(row), "previous_status": before}
+                data.pop("qr_code")
+                await webhooks.emit(db, org_id=org_id, event="session.status", data=data)
             if audit:
                 action, actor, details = audit
                 await record(
@@ -623,20 +681,31 @@ class SessionManager:
                     details=details,
                 )
             await db.commit()
-            row = await db.get(WhatsAppSession, session_id, populate_existing=True)
-        if row is not None:
-            self.hub.publish(org_id, {"type": "status", "session": service.public(row)})
+        self.hub.publish(org_id, {"type": "status", "session": service.public(row)})
 
     async def _renew_leases(self) -> None:
         """Heartbeat: say this instance is alive, renew the leases of its live sessions (and
-        let go at once of any it lost), adopt wanted sessions nobody holds."""
+        let go at once of any it lost), adopt wanted sessions nobody holds.
+
+        Beats come every lease/4. Between two beats the loop also wakes when another
+        instance's lease runs out (``_next_expiry``, which every adoption pass looks up): a dead
+        instance's sessions are adopted the moment they are free, not up to a beat later."""
         interval = max(0.5, self.settings.session_lease_seconds / 4)
+        next_beat = time.monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
+            wake = next_beat
+            if self._next_expiry is not None:
+                wake = min(wake, self._next_expiry)
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
             try:
-                await self._beat()
+                # Adopt first: free sessions wait for nobody, and this instance's own leases
+                # have three beats of slack.
                 await self._adopt(background=True)
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + interval
+                    await self._beat()
             except Exception:
+                self._next_expiry = None  # a failing database: back to the beat's pace
                 log.exception("lease renewal failed")
 
     async def _beat(self) -> None:
@@ -677,22 +746,47 @@ class SessionManager:
                 ttl=self.settings.session_lease_seconds,
                 instance_id=self.instance_id,
             )
-            held = (await cluster.load(db, now=now)).get(self.instance_id, 0)
+            # What this instance holds is what is live here. Leases in its name that are not
+            # live here are free for it (``claim_free``): those of a process that died under
+            # the same instance id (a supervisor restarting a named instance). Counting them as
+            # held left a restarted instance with nothing to adopt until they ran out (30 s).
+            # A session being adopted is live here from the start (``_open``), so is not taken
+            # twice.
             rows = await cluster.claim_free(
                 db,
                 instance_id=self.instance_id,
-                limit=share - max(held, len(self._live)),
+                limit=share - len(self._live),
                 lease_until=self._lease_end(),
                 now=now,
                 exclude=list(self._live),
             )
+            expiry = await cluster.next_expiry(db, instance_id=self.instance_id, now=now)
+            # Every claimed session is ``connecting`` in one statement and announced in this
+            # transaction: a takeover's cost is its writes, so not one more per session.
+            started = await cluster.start_connecting(
+                db,
+                session_ids=[sid for sid, _ in rows if sid not in self._live],
+                instance_id=self.instance_id,
+                now=utcnow(),
+            )
+            await self._announce(db, started)
+        for row, _ in started:
+            self.hub.publish(row.org_id, {"type": "status", "session": service.public(row)})
+        self._next_expiry = None
+        if expiry is not None:  # a little after it: the claim compares with ``<``
+            ahead = (expiry - utcnow()).total_seconds() + EXPIRY_MARGIN_SECONDS
+            self._next_expiry = time.monotonic() + max(0.0, ahead)
         opening = []
-        for session_id, org_id in rows:
-            if session_id in self._live:
+        # A few at a time: a thousand at once would queue on the connection pool, and past
+        # its timeout (30 s) a connect fails (measured: bench/sessions.py, 1,000 on a loaded box).
+        gate = asyncio.Semaphore(RESUME_AT_ONCE)
+        for row, _ in started:
+            if row.id in self._live:
                 continue
-            with bind(org_id=str(org_id), session_id=str(session_id)):
+            with bind(org_id=str(row.org_id), session_id=str(row.id)):
                 log.info("resuming linked session")
-            opening.append(self._open(session_id, org_id))
+            credentials = self._credentials(row)
+            opening.append(self._open(row.id, row.org_id, adopted=credentials, gate=gate))
         if not opening:
             return
         if not background:
@@ -702,6 +796,29 @@ class SessionManager:
         task = asyncio.create_task(self._gather(opening), name="session-adopt")
         self._adopting.add(task)
         task.add_done_callback(self._adopting.discard)
+
+    async def _announce(
+        self, db: AsyncSession, started: list[tuple[WhatsAppSession, str | None]]
+    ) -> None:
+        """The host app hears of the status changes ``start_connecting`` made (as ``_write``
+        tells it of one), in the same transaction."""
+        changed = [(row, before) for row, before in started if row.status != before]
+        endpoints = await webhooks.endpoints_of(db, org_ids={row.org_id for row, _ in changed})
+        for row, before in changed:
+            endpoint = endpoints.get(row.org_id)
+            if endpoint is not None:
+                data = {**service.public(row), "previous_status": before}
+                data.pop("qr_code")
+                await webhooks.emit_to(db, endpoint=endpoint, event="session.status", data=data)
+
+    def _credentials(self, row: WhatsAppSession) -> dict[str, Any] | None:
+        """A claimed session's credentials, as read by the claim; None if they cannot be
+        opened here (then connecting reads them again, and fails saying why)."""
+        try:
+            state = self.box.open(row.auth_state) if row.auth_state else None
+        except Exception:
+            return None
+        return state if isinstance(state, dict) else None
 
     @staticmethod
     async def _gather(opening: list[Any]) -> None:
@@ -715,7 +832,12 @@ class SessionManager:
         """The other instance that must act on this org's session; None: this one.
 
         The lease holder if any; else, with ``spread``, the live instance with the fewest
-        sessions (so linking spreads sessions evenly)."""
+        sessions (so linking spreads sessions evenly).
+
+        Starting a session (``spread``) when no live instance runs sessions is refused (503)
+        rather than done here: a process that does not run them (``serve --workers-off``, or a
+        worker not yet started) would open a socket whose lease nobody renews, so a worker
+        coming up later adopts the session and two sockets hold one number."""
         now = utcnow()
         async with self.factory() as db:
             holder = await cluster.lease_holder(db, org_id=org_id, now=now)
@@ -727,6 +849,8 @@ class SessionManager:
                     me=self.instance_id,
                     include_me=self.running,
                 )
+                if holder is None:
+                    raise Unavailable(NO_INSTANCE)
         return None if holder in (None, self.instance_id) else holder
 
     async def _call(

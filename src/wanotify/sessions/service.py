@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Update, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -55,17 +55,33 @@ async def get_or_create(db: AsyncSession, *, org_id: uuid.UUID) -> tuple[WhatsAp
     return row, True
 
 
+def _state_update(session_id: uuid.UUID, owner: str | None, values: dict[str, Any]) -> Update:
+    values.setdefault("updated_at", utcnow())
+    stmt = update(WhatsAppSession).where(WhatsAppSession.id == session_id)
+    if owner is not None:
+        stmt = stmt.where(WhatsAppSession.owner_instance == owner)
+    return stmt.values(**values)
+
+
 async def set_state(
     db: AsyncSession, *, session_id: uuid.UUID, owner: str | None = None, **values: Any
 ) -> bool:
     """Write a session's state; with ``owner``, only while that instance holds the lease (an
     instance that lost it must not overwrite what the new owner writes). True if written."""
-    values.setdefault("updated_at", utcnow())
-    stmt = update(WhatsAppSession).where(WhatsAppSession.id == session_id)
-    if owner is not None:
-        stmt = stmt.where(WhatsAppSession.owner_instance == owner)
-    result = await db.execute(stmt.values(**values))
+    result = await db.execute(_state_update(session_id, owner, values))
     return bool(getattr(result, "rowcount", 1))
+
+
+async def write_state(
+    db: AsyncSession, *, session_id: uuid.UUID, owner: str | None = None, **values: Any
+) -> WhatsAppSession | None:
+    """``set_state`` in one statement that also returns the row as written (``UPDATE …
+    RETURNING``, PostgreSQL and SQLite ≥ 3.35); None if it was not written."""
+    stmt = _state_update(session_id, owner, values).returning(WhatsAppSession)
+    row: WhatsAppSession | None = await db.scalar(
+        stmt.execution_options(populate_existing=True, synchronize_session=False)
+    )
+    return row
 
 
 def pause(row: WhatsAppSession) -> dict[str, Any]:

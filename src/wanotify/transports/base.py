@@ -163,8 +163,19 @@ class Connection(Protocol):
         """
 
     async def show_typing(self, *, to: str, seconds: float) -> None:
-        """Mark the chat seen and show "typing…" to ``to`` for ``seconds``, as a person would
-        before sending. Returns when the moment is over; a no-op where the back end can't."""
+        """What a person does before writing to ``to``: open the chat, then type for
+        ``seconds``. Returns when the moment is over. What each back end does:
+
+        - ``whatsmeow``: the messages ``to`` wrote to this number that are still unread (the
+          newest 50 the connection received) are marked read (neonize ``mark_read``: blue
+          ticks on their phone); then chat presence "composing" ("typing…") for ``seconds``,
+          then "paused". A failure is logged, never raised.
+        - ``simulator``: the same on the simulated network: ``to``'s messages to this number
+          become read (``SimulatorNetwork.written``), and ``to`` is shown the typing
+          (``SimulatorNetwork.typing_seen``).
+        - ``cloud``: nothing (the Cloud API shows typing only in reply to a customer's message).
+
+        A courtesy: the caller sends whether or not it worked."""
 
     async def logout(self) -> None:
         """Unlink this device from the phone and clear the auth state."""

@@ -477,6 +477,16 @@ class SimulatorNetwork:
         """The "typing…" indicators ``phone`` was shown (from, seconds, at), oldest first."""
         return list(self._typing.get(_check_phone(phone), []))
 
+    def written(self, phone: str) -> list[dict[str, Any]]:
+        """What ``phone`` wrote to linked numbers (``reply``), oldest first, with ``to`` and
+        whether that number has ``read`` it (the blue ticks ``phone`` sees)."""
+        phone = _check_phone(phone)
+        return [
+            m.public() | {"to": m.recipient, "read": m.read}
+            for m in self._messages.values()
+            if m.sender == phone and m.sender_device is None
+        ]
+
     def faults(self, phone: str) -> dict[str, Any]:
         phone = _check_phone(phone)
         faults = self._faults.get(phone, _Faults())
@@ -713,6 +723,15 @@ class SimulatorNetwork:
         self._messages[message.message_id] = message
         self._inboxes.setdefault(message.recipient, []).append(message)
 
+    def _mark_read(self, reader: str, writer: str) -> None:
+        """Linked number ``reader`` opens its chat with ``writer``: what ``writer`` wrote to it
+        is read."""
+        unread = [m for m in self._inboxes.get(reader, []) if m.sender == writer and not m.read]
+        for message in unread:
+            message.read = True
+        if unread:
+            self._save()
+
     def _devices_of(self, phone: str) -> list[_Device]:
         return [d for d in self._devices.values() if d.phone == phone]
 
@@ -927,9 +946,12 @@ class SimulatorConnection:
         return message_id
 
     async def show_typing(self, *, to: str, seconds: float) -> None:
-        """The recipient's phone shows "typing…" from this device for ``seconds``."""
+        """Open the chat with ``to`` (what it wrote to this number is marked read), then its
+        phone shows "typing…" from this device for ``seconds``."""
         sender = self._live_device()
-        self._network._typing.setdefault(_check_phone(to), []).append(
+        to = _check_phone(to)
+        self._network._mark_read(sender.phone, to)
+        self._network._typing.setdefault(to, []).append(
             {"from": sender.phone, "seconds": seconds, "at": clock.utcnow().isoformat()}
         )
         if seconds > 0:

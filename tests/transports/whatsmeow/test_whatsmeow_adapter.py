@@ -154,6 +154,35 @@ def test_group_messages_and_our_own_are_not_incoming() -> None:
     assert adapter.map_event(_message("hi", from_me=True)) == []
 
 
+def test_status_updates_are_not_replies() -> None:
+    src = pb.MessageSource(Chat=jid("status", "broadcast"), Sender=jid("15551230000"))
+    status = pb.Message(
+        Info=pb.MessageInfo(MessageSource=src, ID="3A02"), Message=e2e.Message(conversation="STOP")
+    )
+    assert adapter.map_event(status) == []  # a status saying STOP opts nobody out
+    assert adapter.unread(status) is None
+
+
+def test_what_a_person_wrote_to_us_is_kept_to_mark_read() -> None:
+    event = _message("on my way")
+    found = adapter.unread(event)
+    assert found is not None
+    assert (found.phone, found.message_id) == ("+15551230000", "3A01")
+    assert (found.chat.User, found.sender.User) == ("15551230000", "15551230000")
+    # LID-addressed: found by its phone number, marked read in the chat it came in
+    src = pb.MessageSource(
+        Chat=jid("987654321", "lid"), Sender=jid("987654321", "lid"), SenderAlt=jid("15551230000")
+    )
+    photo = pb.Message(Info=pb.MessageInfo(MessageSource=src, ID="3A03"), Message=e2e.Message())
+    lid = adapter.unread(photo)
+    assert lid is not None and lid.phone == "+15551230000"
+    assert (lid.chat.Server, lid.sender.Server) == ("lid", "lid")
+    # groups, our own messages and other events: nothing to mark
+    assert adapter.unread(_message("hi", group=True)) is None
+    assert adapter.unread(_message("hi", from_me=True)) is None
+    assert adapter.unread(pb.KeepAliveTimeout(ErrorCount=1)) is None
+
+
 def test_events_we_do_not_use_map_to_nothing() -> None:
     assert adapter.map_event(pb.KeepAliveTimeout(ErrorCount=1)) == []
 

@@ -13,6 +13,7 @@ from wanotify.transports import build_transport
 from wanotify.transports.base import (
     Connected,
     Disconnected,
+    Incoming,
     NotConnected,
     QrCode,
     RecipientNotOnWhatsApp,
@@ -21,6 +22,19 @@ from wanotify.transports.base import (
 from wanotify.transports.whatsmeow import WhatsmeowTransport
 from wanotify.transports.whatsmeow.ids import IdMaps
 from wanotify.transports.whatsmeow.transport import libpq_url
+
+
+class MemoryAuth:
+    state: dict[str, object] | None = None
+
+    async def load(self) -> dict[str, object] | None:
+        return self.state
+
+    async def save(self, state: dict[str, object]) -> None:
+        self.state = state
+
+    async def clear(self) -> None:
+        self.state = None
 
 
 def test_settings_choose_whatsmeow(tmp_path: Path) -> None:
@@ -64,20 +78,7 @@ async def test_contract_harness_links_sends_and_refuses_unknown_numbers(tmp_path
     await harness.transport.start()
     try:
         events: asyncio.Queue[TransportEvent] = asyncio.Queue()
-
-        class Auth:
-            state: dict[str, object] | None = None
-
-            async def load(self) -> dict[str, object] | None:
-                return self.state
-
-            async def save(self, state: dict[str, object]) -> None:
-                self.state = state
-
-            async def clear(self) -> None:
-                self.state = None
-
-        conn = harness.transport.open(harness.session(), auth=Auth(), on_event=events.put)
+        conn = harness.transport.open(harness.session(), auth=MemoryAuth(), on_event=events.put)
         await harness.link(conn)  # connects, and the phone scans the QR shown
         first = await asyncio.wait_for(events.get(), 10)
         assert isinstance(first, QrCode)
@@ -98,6 +99,48 @@ async def test_contract_harness_links_sends_and_refuses_unknown_numbers(tmp_path
         assert isinstance(events.get_nowait(), Disconnected)
         with pytest.raises(NotConnected):
             await conn.send_text(to="+14155550123", text="hi", message_id="3EB0Z")
+        await conn.close()
+    finally:
+        await harness.transport.stop()
+
+
+async def test_typing_marks_the_chat_read_then_shows_composing_then_paused(
+    tmp_path: Path,
+) -> None:
+    """Before a send, what a person does: open the chat (what the recipient wrote to us gets
+    blue ticks), type, stop typing. Other chats are left as they are."""
+    pytest.importorskip("neonize")
+    driver, other = "+14155550123", "+14155550124"
+    harness = WhatsmeowHarness(tmp_path)
+    await harness.transport.start()
+    try:
+        events: asyncio.Queue[TransportEvent] = asyncio.Queue()
+        conn = harness.transport.open(harness.session(), auth=MemoryAuth(), on_event=events.put)
+        await harness.link(conn)
+        assert isinstance(await asyncio.wait_for(events.get(), 10), QrCode)
+        assert isinstance(await asyncio.wait_for(events.get(), 10), Connected)
+        first = await harness.reply(conn, driver, "on my way")
+        second = await harness.reply(conn, driver, "10 min late")
+        await harness.reply(conn, other, "hello?")
+        for _ in range(3):
+            assert isinstance(await asyncio.wait_for(events.get(), 10), Incoming)
+
+        await conn.show_typing(to=driver, seconds=0)
+        assert await harness.chat(driver) == [f"read {first} {second}", "composing", "paused"]
+        assert await harness.chat(other) == []  # still unread, no typing shown there
+
+        await conn.show_typing(to=driver, seconds=0)  # nothing new to read: typing only
+        assert await harness.chat(driver) == [
+            f"read {first} {second}",
+            "composing",
+            "paused",
+            "composing",
+            "paused",
+        ]
+        third = await harness.reply(conn, driver, "gate code?")
+        assert isinstance(await asyncio.wait_for(events.get(), 10), Incoming)
+        await conn.show_typing(to=driver, seconds=0)
+        assert (await harness.chat(driver))[-3:] == [f"read {third}", "composing", "paused"]
         await conn.close()
     finally:
         await harness.transport.stop()

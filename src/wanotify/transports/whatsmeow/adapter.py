@@ -8,6 +8,7 @@ neonize itself.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -50,6 +51,8 @@ _LOGOUT_FAILURES = {"LOGGED_OUT", "MAIN_DEVICE_GONE", "UNKNOWN_LOGOUT"}
 _DELIVERED = {"DELIVERED"}
 _READ = {"READ", "PLAYED"}  # a played voice note has been read
 WHATSAPP_USER_SERVER = "s.whatsapp.net"
+# Where one person's chat with us lives: their phone number's JID, or their LID.
+_ONE_TO_ONE_SERVERS = {WHATSAPP_USER_SERVER, "lid"}
 
 
 def _name(message: Any) -> str:
@@ -153,15 +156,45 @@ def _receipts(event: Any, *, now: datetime) -> list[Receipt]:
     return [Receipt(message_id=str(mid), status=status, at=at) for mid in event.MessageIDs]
 
 
-def _incoming(event: Any, *, now: datetime) -> Incoming | None:
-    """A text someone wrote to this number in a one-to-one chat (a STOP reply, say)."""
-    source = event.Info.MessageSource
-    if source.IsFromMe or source.IsGroup:
+def _person(source: Any) -> Any | None:
+    """The JID, by phone number, of whoever wrote a message in a one-to-one chat with us; None
+    for our own messages, groups, status updates (``status@broadcast``) and newsletters."""
+    if source.IsFromMe or source.IsGroup or source.Chat.Server not in _ONE_TO_ONE_SERVERS:
         return None
     sender = source.Sender
     if sender.Server != WHATSAPP_USER_SERVER and source.SenderAlt.User:
         sender = source.SenderAlt  # a LID-addressed sender: its phone number is the alt
     if sender.Server != WHATSAPP_USER_SERVER or not sender.User:
+        return None
+    return sender
+
+
+@dataclass(frozen=True)
+class Unread:
+    """A message someone wrote to us (any kind), to mark read before we answer them: what
+    neonize's ``mark_read`` needs, the chat and sender JIDs as the message came."""
+
+    phone: str  # E.164 of the person
+    message_id: str
+    chat: Any
+    sender: Any
+
+
+def unread(event: Any) -> Unread | None:
+    """For a ``Message`` event of a one-to-one chat: the message, to mark read later."""
+    if _name(event) != "Message":
+        return None
+    source = event.Info.MessageSource
+    person = _person(source)
+    if person is None or not event.Info.ID:
+        return None
+    return Unread(phone_of(person), str(event.Info.ID), source.Chat, source.Sender)
+
+
+def _incoming(event: Any, *, now: datetime) -> Incoming | None:
+    """A text someone wrote to this number in a one-to-one chat (a STOP reply, say)."""
+    sender = _person(event.Info.MessageSource)
+    if sender is None:
         return None
     body = event.Message
     text = body.conversation or body.extendedTextMessage.text

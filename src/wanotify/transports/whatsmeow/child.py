@@ -57,6 +57,8 @@ DEVICE_NOT_IN_STORE = "this device's keys are no longer in whatsmeow's device st
 QR_NOT_SCANNED = "the QR code was not scanned in time"
 THREADS_PER_CLIENT = 2  # the blocking connect call, plus room for concurrent requests
 MIN_THREADS = 16
+UNREAD_PER_CHAT = 50  # the newest unread messages kept per chat, to mark read on answering
+UNREAD_CHATS = 1000  # chats with unread messages kept per session (the oldest go first)
 _TERMINAL = (Disconnected, LoggedOut, Failed, TemporaryBan)
 
 Send = Callable[[dict[str, Any]], None]
@@ -139,6 +141,8 @@ class Session:
     qr_count: int = 0
     task: asyncio.Future[Any] | None = None
     recipients: dict[str, Any] = field(default_factory=dict)
+    # what each person (by number digits) wrote to us that we have not marked read yet
+    unread: dict[str, list[adapter.Unread]] = field(default_factory=dict)
 
 
 class Child:
@@ -230,10 +234,13 @@ class Child:
         return ours
 
     async def op_typing(self, request: dict[str, Any]) -> None:
+        """What a person does before answering: open the chat (what they wrote to us is
+        marked read), type for ``seconds`` ("typing…", then paused)."""
         from neonize.utils.enum import ChatPresence, ChatPresenceMedia
 
         session = self._session(request)
         jid = await self._recipient(session, str(request["to"]))
+        await self._mark_read(session, str(request["to"]))
         text = ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
         try:
             await session.client.send_chat_presence(jid, ChatPresence.CHAT_PRESENCE_COMPOSING, text)
@@ -241,6 +248,38 @@ class Child:
             await session.client.send_chat_presence(jid, ChatPresence.CHAT_PRESENCE_PAUSED, text)
         except Exception as exc:
             raise adapter.send_error(exc) from exc
+
+    async def _mark_read(self, session: Session, phone: str) -> None:
+        """Mark read the messages ``phone`` wrote to us that are still unread (blue ticks on
+        their side), one ``mark_read`` per chat/sender pair. Best effort: a failure is logged
+        and those messages are not tried again."""
+        from neonize.utils.enum import ReceiptType
+
+        batches: dict[tuple[bytes, bytes], list[adapter.Unread]] = {}
+        for message in session.unread.pop(phone.lstrip("+"), []):
+            key = (message.chat.SerializeToString(), message.sender.SerializeToString())
+            batches.setdefault(key, []).append(message)
+        for batch in batches.values():
+            try:
+                await session.client.mark_read(
+                    *(m.message_id for m in batch),
+                    chat=batch[0].chat,
+                    sender=batch[0].sender,
+                    receipt=ReceiptType.READ,
+                )
+            except Exception as exc:
+                log.info("could not mark %d message(s) read: %s", len(batch), exc)
+
+    def _note_unread(self, session: Session, event: Any) -> None:
+        message = adapter.unread(event)
+        if message is None:
+            return
+        digits = message.phone.lstrip("+")
+        waiting = session.unread.pop(digits, [])  # put back last: the chat is the newest
+        waiting.append(message)
+        session.unread[digits] = waiting[-UNREAD_PER_CHAT:]
+        while len(session.unread) > UNREAD_CHATS:
+            del session.unread[next(iter(session.unread))]
 
     async def op_logout(self, request: dict[str, Any]) -> None:
         session = self.sessions.get(str(request["conn"]))
@@ -364,6 +403,7 @@ class Child:
             self._send({"conn": session.conn, "auth": {"jid": adapter.jid_to_json(me.JID)}})
             self._emit(session, adapter.connected(me.JID))
             return
+        self._note_unread(session, event)
         for mapped in adapter.map_event(event):
             if isinstance(mapped, Receipt):
                 ids = await self._ids.for_store(session.store)

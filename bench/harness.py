@@ -1,0 +1,71 @@
+"""What the benchmarks share: settings for an in-process runtime, percentiles, the process's
+resident memory, a scratch SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import uuid
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+from wanotify.runtime import Runtime
+from wanotify.settings import Settings
+from wanotify.transports.simulator import SimulatorNetwork
+
+
+def make_settings(database_url: str, data: Path, *, encryption_key: str = "") -> Settings:
+    """Settings for a ``Runtime`` in the bench process: simulator without delays, pacing off.
+
+    Pass the same ``encryption_key`` to a runtime that must read what another one sealed."""
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=data,
+        database_url=database_url,
+        encryption_key=encryption_key or Fernet.generate_key().decode(),
+        jwt_secret="bench-" + "x" * 40,
+        sim_delivery_delay_seconds=0.0,
+        sim_send_latency_seconds=0.0,
+        pacing=False,  # measures the pipeline, not WhatsApp's safe sending rate
+    )
+
+
+def sqlite_url(prefix: str) -> str:
+    """A new SQLite file in a temp dir (the embedded default's form of URL)."""
+    return f"sqlite+aiosqlite:///{Path(tempfile.mkdtemp(prefix=prefix)) / 'wanotify.db'}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux ``/proc``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+async def link_session(
+    runtime: Runtime,
+    network: SimulatorNetwork,
+    org_id: uuid.UUID,
+    phone: str,
+    *,
+    within: float = 120.0,
+) -> uuid.UUID:
+    """Link the org's session as a person would, through the session manager: init (a QR is
+    shown), the simulated ``phone`` scans it, then wait for ``connected`` (written to the
+    database; heard from the session event hub, so no polling). Returns the session id."""
+    async with runtime.hub.subscribe(org_id) as events, asyncio.timeout(within):
+        row, _ = await runtime.sessions.init(org_id=org_id, actor="bench", wait=within)
+        if row.status != "qr_pending" or not row.qr_code:
+            raise RuntimeError(f"no QR to scan: session is {row.status} ({row.last_error})")
+        network.scan(phone, row.qr_code)
+        while True:
+            event = await events.get()
+            if event.get("type") == "status" and event["session"]["status"] == "connected":
+                return row.id

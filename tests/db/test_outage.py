@@ -1,0 +1,116 @@
+"""Telling "the database cannot be reached" from other errors, and the API's 503 for it."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError, PendingRollbackError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from wanotify import problems
+from wanotify.db.outage import is_unavailable
+
+
+class DriverError(Exception):
+    """A driver exception carrying a SQLSTATE, as asyncpg's do."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+def wrapped(cause: BaseException, *, invalidated: bool = False) -> DBAPIError:
+    error = DBAPIError("SELECT 1", None, Exception("driver"), connection_invalidated=invalidated)
+    error.__cause__ = cause
+    return error
+
+
+def masked(original: BaseException) -> PendingRollbackError:
+    """What a commit after a lost connection raises, while the loss is being handled."""
+    try:
+        raise original
+    except BaseException:
+        try:
+            raise PendingRollbackError("Can't reconnect until invalid transaction is rolled back")
+        except PendingRollbackError as error:
+            return error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(111, "Connect call failed"),
+        ConnectionResetError(),
+        wrapped(Exception("closed"), invalidated=True),
+        wrapped(DriverError("57P03")),  # the database system is starting up / shutting down
+        wrapped(DriverError("57P01")),  # terminating connection due to administrator command
+        wrapped(DriverError("08006")),  # connection failure
+        wrapped(DriverError("53300")),  # too many connections
+        masked(wrapped(Exception("closed"), invalidated=True)),
+    ],
+    ids=repr,
+)
+def test_an_unreachable_database_is_recognised(error: BaseException) -> None:
+    assert is_unavailable(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("a bug"),
+        FileNotFoundError("no such file"),
+        wrapped(DriverError("23505")),  # unique violation
+        IntegrityError("INSERT", None, Exception("duplicate key")),
+        PendingRollbackError("a bug that forgot its rollback"),
+    ],
+    ids=repr,
+)
+def test_other_errors_are_not_an_outage(error: BaseException) -> None:
+    assert not is_unavailable(error)
+
+
+async def test_a_connection_cut_by_postgresql_is_recognised() -> None:
+    admin_url = os.environ.get("WANOTIFY_TEST_DATABASE_URL", "")
+    if not admin_url:
+        pytest.skip("PostgreSQL tests need WANOTIFY_TEST_DATABASE_URL (.ci/run sets it)")
+    engine = create_async_engine(admin_url)
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(DBAPIError) as cut:
+                await conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        assert is_unavailable(cut.value)
+    finally:
+        await engine.dispose()
+
+
+async def test_the_api_answers_503_while_the_database_is_unreachable() -> None:
+    app = FastAPI()
+    problems.install(app)
+
+    @app.get("/refused")
+    async def refused() -> None:
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    @app.get("/masked")
+    async def masked_loss() -> None:
+        raise masked(wrapped(Exception("closed"), invalidated=True))
+
+    @app.get("/bug")
+    async def bug() -> None:
+        raise IntegrityError("INSERT", None, Exception("duplicate key"))
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for path in ("/refused", "/masked"):
+            response = await client.get(path)
+            assert response.status_code == 503, response.text
+            assert response.headers["content-type"] == problems.MEDIA_TYPE
+            assert response.headers["retry-after"] == str(problems.DATABASE_RETRY_AFTER)
+            assert "database cannot be reached" in response.json()["detail"]
+        response = await client.get("/bug")
+        assert response.status_code == 500, response.text
+        assert response.json()["title"] == "Internal error"
