@@ -182,8 +182,8 @@ async def test_owner_links_whatsapp_writes_a_template_and_follows_a_message_to_r
     await shot(small, shots, "dashboard-phone")
     await phone.close()
 
-    # Log out: the cookie is gone, pages ask for a login again.
-    await page.get_by_role("button", name="Log out").click()
+    # Sign out: the cookie is gone, pages ask for a login again.
+    await page.get_by_role("button", name="Sign out").click()
     await expect(page).to_have_url(re.compile("/login$"))
     await page.goto(f"{live_url}/messages")
     await expect(page).to_have_url(re.compile(r"/login\?next="))

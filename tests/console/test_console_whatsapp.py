@@ -144,9 +144,10 @@ async def test_pause_resume_disconnect_and_log_out_with_confirmation(
     assert len(network.devices(BUSINESS_PHONE)) == 1  # the same linked device
 
     # Log out: without ticking the box nothing happens (the browser will not submit it) …
-    await page.get_by_text("Log out (unlink this phone)…").click()
+    await page.get_by_text("Log out of WhatsApp (unlink this phone)…").click()
     confirm = page.get_by_label("Yes, unlink this phone")
-    log_out = page.locator("#main").get_by_role("button", name="Log out", exact=True)
+    # One button of that name on the page (the header's is "Sign out").
+    log_out = page.get_by_role("button", name="Log out of WhatsApp", exact=True)
     await log_out.click()
     assert await confirm.evaluate("box => !box.checkValidity()")
     await expect(page).to_have_url(re.compile(r"/whatsapp\?notice=connecting$"))

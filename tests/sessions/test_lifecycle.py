@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -239,6 +240,26 @@ async def test_events_stream_reports_each_change(
                         break
     assert seen[-1] == "connected"
     assert "qr_pending" in seen
+
+
+async def test_viewers_who_leave_at_once_leave_nothing_behind(
+    client: httpx.AsyncClient, org: Org, live_url: str
+) -> None:
+    """A stream closed while its first read is under way must not tear that read's connection
+    down half-way (the ``app`` fixture fails on any task left behind), and the service still
+    answers afterwards."""
+    await client.post("/api/sessions/init", headers=org.headers)
+
+    async def open_and_leave(http: httpx.AsyncClient) -> None:
+        async with http.stream("GET", "/api/sessions/current/events", headers=org.headers):
+            pass  # headers came; leave before (or while) the first event is read
+
+    async with httpx.AsyncClient(base_url=live_url, timeout=10) as http:
+        for _ in range(5):
+            await asyncio.gather(*(open_and_leave(http) for _ in range(8)))
+    current = await client.get("/api/sessions/current", headers=org.headers)
+    assert current.status_code == 200
+    assert current.json()["status"] == "qr_pending"
 
 
 async def test_viewer_cannot_manage_the_session(

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from wanotify.auth.dependencies import Admin, Viewer
-from wanotify.db.engine import SessionDep
+from wanotify.db.engine import SessionDep, SessionFactory
 from wanotify.deps import SettingsDep
 from wanotify.errors import NotFound
 from wanotify.pacing import service as pacing
@@ -76,16 +76,12 @@ async def current_qr(principal: Viewer, db: SessionDep) -> Response:
 
 
 @router.get("/api/sessions/current/events", response_class=EventSourceResponse)
-async def session_events(
-    principal: Viewer, db: SessionDep, request: Request
-) -> AsyncIterator[ServerSentEvent]:
+async def session_events(principal: Viewer, request: Request) -> AsyncIterator[ServerSentEvent]:
     """Every status change of the org's session, live. The first event is the current state."""
     hub: SessionEventHub = request.app.state.session_hub
-    org_id = principal.org_id
-    async with hub.subscribe(org_id) as queue:
-        row = await service.get_for_org(db, org_id=org_id)
-        await db.close()  # hold no connection for the life of the stream
-        current = service.public(row) if row is not None else None
+    factory: SessionFactory = request.app.state.session_factory
+    async with hub.subscribe(principal.org_id) as queue:  # before the read: nothing is missed
+        current = await service.read_public(factory, org_id=principal.org_id)
         yield ServerSentEvent(event="status", data={"type": "status", "session": current})
         while True:
             event = await queue.get()

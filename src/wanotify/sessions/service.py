@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Collection
 from typing import Any
@@ -11,6 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.clock import utcnow
+from wanotify.db.engine import SessionFactory
+from wanotify.db.rls import scope_to_org
 from wanotify.errors import NotFound
 from wanotify.sessions.models import WhatsAppSession
 
@@ -89,6 +92,23 @@ def pause(row: WhatsAppSession) -> dict[str, Any]:
     if row.paused_until is None or row.paused_until <= utcnow():
         return {"paused_until": None, "pause_reason": None}
     return {"paused_until": row.paused_until.isoformat(), "pause_reason": row.pause_reason}
+
+
+async def read_public(factory: SessionFactory, *, org_id: uuid.UUID) -> dict[str, Any] | None:
+    """The org's session as ``public`` shows it, read in a task of its own and shielded.
+
+    Why: a live stream (SSE) is cancelled when its viewer leaves, possibly while this read is
+    under way; a database call cancelled half-way has its connection torn down (on SQLite a
+    closing task is then left behind for ever). Shielded, the read finishes and its session
+    closes normally, and the stream holds no connection for its lifetime."""
+
+    async def read() -> dict[str, Any] | None:
+        async with factory() as db:
+            await scope_to_org(db, org_id)
+            row = await get_for_org(db, org_id=org_id)
+            return public(row) if row is not None else None
+
+    return await asyncio.shield(read())
 
 
 def public(row: WhatsAppSession) -> dict[str, Any]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +25,6 @@ from wanotify.console.web import (
     wants_json,
 )
 from wanotify.db.engine import SessionDep, SessionFactory
-from wanotify.db.rls import scope_to_org
 from wanotify.deps import SettingsDep
 from wanotify.errors import DomainError, InvalidInput, NotFound
 from wanotify.pacing import service as pacing
@@ -112,30 +109,13 @@ async def whatsapp_qr(principal: User, db: SessionDep) -> Response:
     )
 
 
-async def _session_now(request: Request, org_id: uuid.UUID) -> dict[str, Any]:
-    """The org's session as the page shows it, read in a task of its own and shielded.
-
-    A stream is cancelled when its viewer leaves, possibly while this read is under way; a
-    database call cancelled half-way has its connection torn down (on SQLite a closing task is
-    then left behind for ever). Shielded, the read finishes and its session closes normally.
-    """
-    factory: SessionFactory = request.app.state.session_factory
-
-    async def read() -> dict[str, Any]:
-        async with factory() as db:
-            await scope_to_org(db, org_id)
-            row = await sessions.get_for_org(db, org_id=org_id)
-            return console.session_view(sessions.public(row) if row else None)
-
-    return await asyncio.shield(read())
-
-
 @router.get("/console/events", response_class=EventSourceResponse)
 async def console_events(principal: User, request: Request) -> AsyncIterator[ServerSentEvent]:
     """The org's session status, live, with the words the page shows (first event: now)."""
     hub: SessionEventHub = request.app.state.session_hub
     async with hub.subscribe(principal.org_id) as queue:  # before the read: nothing is missed
-        current = await _session_now(request, principal.org_id)
+        factory: SessionFactory = request.app.state.session_factory
+        current = console.session_view(await sessions.read_public(factory, org_id=principal.org_id))
         yield ServerSentEvent(event="status", data={"type": "status", "session": current})
         while True:
             event = await queue.get()
