@@ -72,6 +72,8 @@ async def test_rotation_keeps_the_session_linked_and_retires_the_old_key(
             transport=httpx.ASGITransport(app=first), base_url="http://a"
         ) as client:
             org = await create_org(rt, client, name="Fleet", email="o@fleet.test")
+            # An org with no secrets: nothing of its is re-sealed, so no entry in its log.
+            await create_org(rt, client, name="Idle", email="o@idle.test")
             linked = await link_phone(client, rt.transport.network, org, PHONE)
         async with rt.factory() as db:
             _, secret = await webhooks.configure(
@@ -136,8 +138,24 @@ async def test_rotation_keeps_the_session_linked_and_retires_the_old_key(
         async with rt.factory() as db:
             actions = list(await db.scalars(select(AuditLog.action)))
             endpoint = await webhooks.get_endpoint(db, org_id=org.id)
+            rotated = list(
+                await db.scalars(
+                    select(AuditLog).where(AuditLog.action == "encryption_key.rotated")
+                )
+            )
         assert actions.count("session.init") == 1  # no new QR, no second linking
         assert rt.box.open(endpoint.secret) == secret
+        # The rotation is in the audit log of the org whose secrets it re-sealed, once (the
+        # re-run re-sealed nothing): who, from where, and what.
+        assert [(e.org_id, e.actor) for e in rotated] == [(org.id, "cli")]
+        entry = rotated[0]
+        assert entry.details["origin"] == "cli"
+        assert entry.details["operator"] and entry.details["host"]
+        assert entry.details["reencrypted"] == dict.fromkeys(COLUMNS, 1)
+        assert entry.details["key_kept_in"] == "data dir"
+        assert done.new_key not in json.dumps(entry.details) and old_key not in str(entry.details)
+        assert entry.ip_address is None  # not an HTTP request
+        assert entry.created_at is not None
 
 
 def test_cli_with_the_key_in_the_environment_prints_what_to_set(

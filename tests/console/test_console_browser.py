@@ -121,6 +121,20 @@ async def test_owner_links_whatsapp_writes_a_template_and_follows_a_message_to_r
     await shot(page, shots, "template-system")
     await page.get_by_role("link", name="Override for my organization").click()
     await expect(page.locator("#name")).to_have_value("trial_welcome")
+    # Save the override with a changed text: the org's copy is what the console shows now.
+    await body.fill(await body.input_value() + " Reply STOP to opt out.")
+    await expect(page.locator("#preview-text")).to_contain_text("Reply STOP to opt out.")
+    await page.locator("#save-template").click()
+    await expect(page.get_by_role("status").first).to_have_text("Template saved.")
+    await expect(page.get_by_role("heading", name="Edit template trial_welcome")).to_be_visible()
+    await expect(page.locator(".notice").filter(has_text="overrides")).to_contain_text(
+        "overrides the system template trial_welcome"
+    )
+    await expect(body).to_have_value(re.compile(r"Reply STOP to opt out\.$"))
+    await page.goto(f"{live_url}/templates?q=trial")
+    row = page.locator("#template-list tbody tr").filter(has_text="trial_welcome")
+    await expect(row).to_have_count(1)
+    await expect(row).to_contain_text("custom overrides system")
 
     # Send a test message from the template; follow it to delivered.
     await nav(page, "Send test")
@@ -146,6 +160,7 @@ async def test_owner_links_whatsapp_writes_a_template_and_follows_a_message_to_r
     await shot(page, shots, "history")
 
     await page.locator("#message-list a").first.click()
+    details_url = page.url
     timeline = page.locator("#timeline li.done strong")
     await expect(timeline).to_have_text(["queued", "sent", "delivered", "read"])
     await expect(page.locator("pre.bubble")).to_have_text("Hi Kofi, truck GH-7 is ready.")
@@ -175,11 +190,19 @@ async def test_owner_links_whatsapp_writes_a_template_and_follows_a_message_to_r
         viewport={"width": 390, "height": 844}, storage_state=await context.storage_state()
     )
     small = await phone.new_page()
-    await small.goto(f"{live_url}/")
-    await expect(small.get_by_role("heading", name="Dashboard")).to_be_visible()
-    width = await small.evaluate("document.documentElement.scrollWidth")
-    assert width <= 390, f"the dashboard scrolls sideways at phone width ({width}px)"
-    await shot(small, shots, "dashboard-phone")
+    for path, heading in (
+        ("/", "Dashboard"),
+        ("/messages", "Notification history"),
+        (details_url.removeprefix(live_url), f"Message to {RECIPIENT}"),
+        ("/whatsapp", "WhatsApp settings"),
+        ("/templates", "Message templates"),
+    ):
+        await small.goto(f"{live_url}{path}")
+        await expect(small.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+        width = await small.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} scrolls sideways at phone width ({width}px)"
+        if path == "/":
+            await shot(small, shots, "dashboard-phone")
     await phone.close()
 
     # Sign out: the cookie is gone, pages ask for a login again.

@@ -1,6 +1,7 @@
 """The console over plain HTTP (no browser): login by cookie, CSRF on every POST, roles enforced
 by the server, security headers, and every page readable without JavaScript; what the history
-(filters, paging, a failed message's details), the dashboard and the template list show."""
+(filters, paging, a failed message's details), the dashboard (figures, chart, the session at a
+glance) and the template list show; editing and deleting templates, variables included."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import select
-from tests.support import PASSWORD, Org, add_user, link_phone, message_with_status
+from tests.support import PASSWORD, Org, add_user, eventually, link_phone, message_with_status
 
 from wanotify.console import service as console_service
 from wanotify.messages.models import WhatsAppMessage
@@ -30,6 +32,10 @@ PAGES = [
     "/send",
     "/api-keys",
     "/audit",
+    "/webhooks",
+    "/messages/{message_id}",
+    "/templates/{custom_template_id}",  # the editor (the template is the org's)
+    "/templates/{system_template_id}",  # read-only, with "Override for my organization"
 ]
 
 
@@ -48,7 +54,7 @@ async def console_login(client: httpx.AsyncClient, email: str) -> str:
 
 
 async def test_pages_need_a_login_and_render_without_javascript(
-    client: httpx.AsyncClient, org: Org
+    client: httpx.AsyncClient, org: Org, runtime: Runtime
 ) -> None:
     response = await client.get("/messages?status=read")
     assert response.status_code == 303
@@ -56,8 +62,27 @@ async def test_pages_need_a_login_and_render_without_javascript(
     # A bearer token is not a console login.
     assert (await client.get("/", headers=org.headers)).status_code == 303
 
+    # The pages of one row need one: a message, an org template and a system template.
+    (message_id,) = await seed_messages(
+        runtime, org, [{"to": "+14155550123", "status": "read", "created_at": datetime.now(UTC)}]
+    )
+    created = await client.post(
+        "/api/templates",
+        json={
+            "name": "brake_check",
+            "message_template": "Hi {{ driver }}",
+            "variables": [{"name": "driver", "example": "Amina"}],
+        },
+        headers=org.headers,
+    )
+    assert created.status_code == 201, created.text
+    ids = {
+        "message_id": message_id,
+        "custom_template_id": created.json()["id"],
+        "system_template_id": (await system_template_ids(runtime))["trip_assigned"],
+    }
     await console_login(client, "owner@acme.test")
-    for path in PAGES:
+    for path in (p.format(**ids) for p in PAGES):
         page = await client.get(path)
         assert page.status_code == 200, (path, page.text[:500])
         assert page.headers["content-type"].startswith("text/html")
@@ -608,3 +633,248 @@ async def test_template_list_filters_by_category_kind_and_active(
 )
 def test_the_last_error_in_words(last_error: str | None, shown: str | None) -> None:
     assert console_service.error_in_words(last_error) == shown
+
+
+# ---- template editor: variables, edit, delete ------------------------------------------------
+
+
+def variable_rows(page: str) -> list[dict[str, str | bool]]:
+    """The editor's filled variable rows as a user sees them: each input's value and whether
+    "Required" is ticked (the blank rows offered for new variables left out)."""
+    rows = []
+    for block in re.findall(r'<div class="var-row">(.*?)</label>\s*</div>', page, re.S):
+        values = {
+            field: html.unescape(value)
+            for field, value in re.findall(
+                r'<input id="var-\d+-(name|description|example)"[^>]*value="([^"]*)"', block
+            )
+        }
+        if not values.get("name"):
+            continue
+        required = re.search(r'<input type="checkbox" name="var-\d+-required"([^>]*)>', block)
+        assert required, block
+        rows.append(values | {"required": "checked" in required.group(1)})
+    return rows
+
+
+def template_rows(page: str) -> dict[str, tuple[str, str, str]]:
+    """The template list: name → (kind, category, active)."""
+    return {r[0]: (r[1], r[2], r[3]) for r in table(page, 'id="template-list"') if len(r) > 1}
+
+
+async def test_a_custom_template_is_edited_with_its_variables_and_deleted(
+    app: FastAPI, client: httpx.AsyncClient, runtime: Runtime, org: Org
+) -> None:
+    csrf = await console_login(client, "owner@acme.test")
+    form = {
+        "csrf_token": csrf,
+        "name": "tyre_check",
+        "category": "maintenance",
+        "message_template": "Hi {{ driver }}, check the tyres of {{ plate }}.",
+        "var-0-name": "driver",
+        "var-0-description": "First name of the driver",
+        "var-0-example": "Amina",
+        "var-0-required": "on",
+        "var-1-name": "plate",
+        "var-1-description": "Number plate",
+        "var-1-example": "KDA 123X",
+        # var-1-required left unticked: optional
+        "var-2-name": "",  # the blank row the editor offers: ignored
+        "is_active": "on",
+    }
+    created = await client.post("/templates/new", data=form)
+    assert created.status_code == 303, created.text
+    location = created.headers["location"]
+    match = re.fullmatch(r"/templates/([0-9a-f-]{36})\?notice=saved", location)
+    assert match, location
+    template_id = match.group(1)
+
+    # Read back in the editor: the description and "required" of each variable as typed.
+    page = await client.get(location)
+    assert page.status_code == 200
+    assert '<p class="notice" role="status">Template saved.</p>' in page.text
+    assert "Edit template tyre_check" in page.text
+    assert variable_rows(page.text) == [
+        {
+            "name": "driver",
+            "description": "First name of the driver",
+            "example": "Amina",
+            "required": True,
+        },
+        {"name": "plate", "description": "Number plate", "example": "KDA 123X", "required": False},
+    ]
+    assert "Hi Amina, check the tyres of KDA 123X." in page.text
+    stored = (await client.get(f"/api/templates/{template_id}", headers=org.headers)).json()
+    assert [(v["name"], v["description"], v["required"]) for v in stored["variables"]] == [
+        ("driver", "First name of the driver", True),
+        ("plate", "Number plate", False),
+    ]
+    # A viewer reads the same in the read-only view, and cannot change or delete it.
+    await add_user(runtime, client, org, email="viewer@acme.test", role="viewer")
+    viewer = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=client.base_url)
+    async with viewer:
+        viewer_csrf = await console_login(viewer, "viewer@acme.test")
+        shown = await viewer.get(f"/templates/{template_id}")
+        assert table(shown.text, 'class="list"') == [
+            ["driver", "First name of the driver", "Amina", "yes"],
+            ["plate", "Number plate", "KDA 123X", "no"],
+        ]
+        assert "Delete template" not in shown.text
+        for path in (f"/templates/{template_id}", f"/templates/{template_id}/delete"):
+            refused = await viewer.post(path, data={**form, "csrf_token": viewer_csrf})
+            assert refused.status_code == 403, (path, refused.text)
+
+    # Edit: new text and category, a variable's description and "required" changed, a third
+    # variable added, deactivated.
+    edit = {
+        "csrf_token": csrf,
+        "name": "tyre_check",
+        "category": "trips",
+        "message_template": "{{ driver }}: tyres of {{ plate }} at {{ depot }}.",
+        "var-0-name": "driver",
+        "var-0-description": "Driver's first name",
+        "var-0-example": "Amina",
+        # var-0-required now unticked
+        "var-1-name": "plate",
+        "var-1-description": "Number plate",
+        "var-1-example": "KDA 123X",
+        "var-1-required": "on",
+        "var-2-name": "depot",
+        "var-2-description": "Where to go",
+        "var-2-example": "Nairobi West",
+        "var-2-required": "on",
+    }
+    saved = await client.post(f"/templates/{template_id}", data=edit)
+    assert saved.status_code == 303, saved.text
+    assert saved.headers["location"] == f"/templates/{template_id}?notice=saved"
+    page = await client.get(saved.headers["location"])
+    assert "Template saved." in page.text
+    assert variable_rows(page.text) == [
+        {
+            "name": "driver",
+            "description": "Driver's first name",
+            "example": "Amina",
+            "required": False,
+        },
+        {"name": "plate", "description": "Number plate", "example": "KDA 123X", "required": True},
+        {
+            "name": "depot",
+            "description": "Where to go",
+            "example": "Nairobi West",
+            "required": True,
+        },
+    ]
+    assert "Amina: tyres of KDA 123X at Nairobi West." in page.text
+    assert '<option value="trips" selected>' in page.text
+    assert re.search(r'<input type="checkbox" name="is_active"\s*>', page.text)  # unticked
+    listed = await client.get("/templates", params={"kind": "custom"})
+    assert template_rows(listed.text) == {"tyre_check": ("custom", "trips", "no")}
+
+    # An edit the service refuses comes back with the reason and what was typed; nothing saved.
+    bad = await client.post(
+        f"/templates/{template_id}",
+        data=edit | {"message_template": "{{ driver }} and {{ trailer }}"},
+    )
+    assert bad.status_code == 422, bad.text
+    assert "trailer" in _text(bad.text)
+    assert "{{ driver }} and {{ trailer }}</textarea>" in bad.text
+    stored = (await client.get(f"/api/templates/{template_id}", headers=org.headers)).json()
+    assert stored["message_template"] == "{{ driver }}: tyres of {{ plate }} at {{ depot }}."
+
+    # Delete: gone from the list and from its address, with an audit entry for each step.
+    deleted = await client.post(f"/templates/{template_id}/delete", data={"csrf_token": csrf})
+    assert deleted.status_code == 303, deleted.text
+    assert deleted.headers["location"] == "/templates?notice=deleted"
+    listed = await client.get(deleted.headers["location"])
+    assert "Template deleted." in listed.text
+    assert "tyre_check" not in template_rows(listed.text)
+    assert (await client.get(f"/templates/{template_id}")).status_code == 404
+    gone = await client.get(f"/api/templates/{template_id}", headers=org.headers)
+    assert gone.status_code == 404
+    audit = _text((await client.get("/audit")).text)
+    for action in ("template.created", "template.updated", "template.deleted"):
+        assert action in audit, action
+
+
+async def test_deleting_an_override_brings_the_system_template_back(
+    client: httpx.AsyncClient, runtime: Runtime, org: Org
+) -> None:
+    system_id = (await system_template_ids(runtime))["trip_assigned"]
+    csrf = await console_login(client, "owner@acme.test")
+    editor = await client.get("/templates/new", params={"from": str(system_id)})
+    assert "This template overrides the system template <strong>trip_assigned</strong>" in (
+        editor.text
+    )
+    form: dict[str, str] = {"csrf_token": csrf, "is_active": "on"}
+    for name, value in re.findall(
+        r'<input id="([\w-]+)" name="[\w-]+" value="([^"]*)"', editor.text
+    ):
+        form[name] = html.unescape(value)
+    for name in re.findall(
+        r'<input type="checkbox" name="(var-\d+-required)" checked>', editor.text
+    ):
+        form[name] = "on"
+    body = re.search(r'<textarea id="message_template"[^>]*>(.*?)</textarea>', editor.text, re.S)
+    assert body
+    form["message_template"] = html.unescape(body.group(1)) + " Drive safely."
+    form["category"] = "trips"
+    saved = await client.post("/templates/new", data=form)
+    assert saved.status_code == 303, saved.text
+    override_id = saved.headers["location"].split("/")[2].split("?")[0]
+    assert override_id != str(system_id)
+    listed = await client.get("/templates", params={"q": "trip_assigned"})
+    assert template_rows(listed.text)["trip_assigned"] == (
+        "custom overrides system",
+        "trips",
+        "yes",
+    )
+    deleted = await client.post(f"/templates/{override_id}/delete", data={"csrf_token": csrf})
+    assert deleted.status_code == 303
+    listed = await client.get("/templates", params={"q": "trip_assigned"})
+    assert template_rows(listed.text)["trip_assigned"] == ("system", "trips", "yes")
+
+
+# ---- the dashboard's session at a glance ------------------------------------------------------
+
+
+def glance(page: str) -> str:
+    match = re.search(r'<section[^>]*class="card session-glance"[^>]*>(.*?)</section>', page, re.S)
+    assert match, "no session block on the dashboard"
+    return _text(match.group(1))
+
+
+async def test_the_dashboard_shows_the_session_at_a_glance(
+    client: httpx.AsyncClient, org: Org, network: SimulatorNetwork
+) -> None:
+    await console_login(client, "owner@acme.test")
+    page = (await client.get("/")).text
+    assert glance(page) == "WhatsApp Not set up · Settings"
+    assert '<a href="/whatsapp">Settings</a>' in page
+    # In simulator mode the WhatsApp page has the simulated phone (tests/console/
+    # test_console_not_simulator.py checks that it is absent otherwise).
+    assert 'id="phone"' in (await client.get("/whatsapp")).text
+
+    await link_phone(client, network, org, BUSINESS_PHONE)
+    page = (await client.get("/")).text
+    assert glance(page) == f"WhatsApp Connected as {BUSINESS_PHONE} · Settings"
+    assert 'class="badge status-connected"' in page
+
+    paused = await client.patch(
+        "/api/sessions/current", json={"enabled": False}, headers=org.headers
+    )
+    assert paused.status_code == 200, paused.text
+    assert glance((await client.get("/")).text) == (
+        f"WhatsApp Connected as {BUSINESS_PHONE} · sending paused · Settings"
+    )
+
+    # The phone removes the linked device: the state and the reason in words.
+    assert network.unlink(BUSINESS_PHONE) == 1
+
+    async def logged_out() -> str | None:
+        text = glance((await client.get("/")).text)
+        return text if text.startswith("WhatsApp Logged out") else None
+
+    text = await eventually(logged_out, what="dashboard shows logged out")
+    assert text.endswith(
+        "· Settings The phone removed this linked device. Connect again and scan a new QR code."
+    ), text

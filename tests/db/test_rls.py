@@ -1,5 +1,6 @@
-"""Row-level security (migration 0004, ``db/rls.py``): on PostgreSQL a session sees and writes
-only the org it is scoped to, whatever its queries forget to say; unscoped, it sees nothing."""
+"""Row-level security (migrations 0004 and 0009, ``db/rls.py``): on PostgreSQL a session sees
+and writes only the org it is scoped to, whatever its queries forget to say; unscoped, it sees
+nothing. Every test that walks the tables walks ``rls.ORG_TABLES``."""
 
 from __future__ import annotations
 
@@ -12,16 +13,21 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from tests.db.org_rows import INSERTS, insert_org_rows, key_of, tag
-from tests.support import Org
+from tests.support import Org, create_org, link_phone, notification_finished
 
+from wanotify.app import create_app
 from wanotify.auth.dependencies import CurrentUser
 from wanotify.db import rls
 from wanotify.db.engine import SessionDep, SessionFactory, make_session_factory
 from wanotify.db.notify import plain_dsn
 from wanotify.models import Base
+from wanotify.runtime import Runtime
+from wanotify.settings import Settings
+from wanotify.transports.simulator import SimulatorNetwork
 
 ORG_1 = uuid.UUID("00000000-0000-4000-8000-000000000001")
 ORG_2 = uuid.UUID("00000000-0000-4000-8000-000000000002")
@@ -264,3 +270,103 @@ async def test_a_request_runs_scoped_to_its_callers_org(
     key = created.json()["key"]
     response = await client.get("/test/everyone", headers={"Authorization": f"Bearer {key}"})
     assert response.json() == [str(org.id)]
+
+
+async def test_the_service_runs_as_a_plain_login_role_member_of_both_roles(
+    pg_url: str, settings: Settings, superuser: Any
+) -> None:
+    """The setup the README documents: the service logs in as a role that is not a superuser,
+    has no ``BYPASSRLS``, owns nothing and is only a member of ``wanotify_app`` and
+    ``wanotify_worker``. The whole service starts on it; the dispatcher's cross-org claim (worker
+    role) sends a notification; org B sees nothing of org A's, through the API (a handler whose
+    query forgets the org) and through a session scoped to B."""
+    login = f"wanotify_login_{uuid.uuid4().hex[:10]}"
+    await superuser.execute(
+        f"CREATE ROLE {login} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+    )
+    try:
+        await superuser.execute(f"GRANT {rls.APP_ROLE}, {rls.WORKER_ROLE} TO {login}")
+        url = make_url(pg_url).set(username=login, password=None)
+        own = settings.model_copy(
+            update={"database_url": url.render_as_string(hide_password=False)}
+        )
+        app = create_app(own)
+
+        async def everyone(principal: CurrentUser, db: SessionDep) -> list[str]:
+            rows = await db.scalars(text("SELECT org_id FROM notification_queue"))  # no WHERE
+            return sorted({str(row) for row in rows})
+
+        app.add_api_route("/test/everyone", everyone, methods=["GET"])
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://wanotify.test"
+            ) as client,
+        ):
+            runtime: Runtime = app.state.runtime
+            async with runtime.engine.connect() as conn:
+                who = (
+                    await conn.execute(
+                        text(
+                            "SELECT session_user::text, rolsuper, rolbypassrls FROM pg_roles"
+                            " WHERE rolname = session_user"
+                        )
+                    )
+                ).one()
+            assert tuple(who) == (login, False, False)
+
+            a = await create_org(runtime, client, name="Alpha Fleet", email="owner@alpha.test")
+            b = await create_org(runtime, client, name="Beta Haulage", email="owner@beta.test")
+            network = runtime.transport.network  # type: ignore[attr-defined]
+            assert isinstance(network, SimulatorNetwork)
+            await link_phone(client, network, a, "+14155550800")
+            queued = await client.post(
+                "/api/notifications",
+                headers=a.headers,
+                json={
+                    "notification_type": "maintenance_due",
+                    "recipient_phone": "+12025550199",
+                    "template": "maintenance_due",
+                    "message_data": {
+                        "vehicle_name": "Truck 7",
+                        "plate_number": "KDA 123X",
+                        "service_type": "oil change",
+                        "due_date": "2026-12-01",
+                    },
+                },
+            )
+            assert queued.status_code == 202, queued.text
+            nid = queued.json()["id"]
+            # the worker path: claimed across orgs, sent, settled
+            done = await notification_finished(client, a, nid)
+            assert done["status"] == "completed", done
+            assert len(network.inbox("+12025550199")) == 1  # sent once, to the recipient
+
+            # org B, through the API: not by id, not in its list, not by a query without WHERE
+            assert (
+                await client.get(f"/api/notifications/{nid}", headers=b.headers)
+            ).status_code == 404
+            listed = await client.get("/api/notifications", headers=b.headers)
+            assert listed.status_code == 200 and listed.json()["items"] == [], listed.text
+            seen = await client.get("/test/everyone", headers=b.headers)
+            assert seen.status_code == 200 and seen.json() == [], seen.text
+            seen = await client.get("/test/everyone", headers=a.headers)
+            assert seen.json() == [str(a.id)]
+
+            # org B, through a scoped session of this login role
+            async with runtime.request_factory() as db:
+                assert await org_keys(db, "notification_queue") == []  # unscoped: nothing
+                await rls.scope_to_org(db, b.id)
+                for table in ("notification_queue", "whatsapp_messages", "whatsapp_sessions"):
+                    assert await org_keys(db, table) == [], table
+                assert set(await org_keys(db, "profiles")) == {b.id}
+                with pytest.raises(DBAPIError, match="row-level security"):
+                    conn = await db.connection()
+                    await conn.exec_driver_sql(
+                        INSERTS["whatsapp_messages"], (uuid.uuid4(), a.id, tag())
+                    )
+                await db.rollback()
+                await rls.scope_to_org(db, a.id)
+                assert set(await org_keys(db, "notification_queue")) == {a.id}
+    finally:
+        await superuser.execute(f"DROP ROLE IF EXISTS {login}")

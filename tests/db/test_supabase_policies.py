@@ -18,14 +18,24 @@ from typer.testing import CliRunner
 from wanotify import cli
 from wanotify.db.notify import plain_dsn
 from wanotify.db.rls import ORG_TABLES
-from wanotify.db.supabase import SECRET_COLUMNS, UNREADABLE, supabase_sql
+from wanotify.db.supabase import ADMINS_ONLY, SECRET_COLUMNS, UNREADABLE, supabase_sql
 from wanotify.models import Base
 
 ORG_1 = uuid.UUID("00000000-0000-4000-8000-000000000001")
 ORG_2 = uuid.UUID("00000000-0000-4000-8000-000000000002")
 USER_A = uuid.UUID("00000000-0000-4000-8000-0000000000a1")  # of org 1
 USER_B = uuid.UUID("00000000-0000-4000-8000-0000000000b2")  # of org 2
+MEMBER_A = uuid.UUID("00000000-0000-4000-8000-0000000000a3")  # of org 1, role member
 READABLE = sorted(set(ORG_TABLES) - set(UNREADABLE))
+# Written out here, not read from SECRET_COLUMNS: dropping one there must fail these tests.
+MUST_STAY_HIDDEN = {
+    ("whatsapp_sessions", "auth_state"),
+    ("profiles", "password_hash"),
+    ("webhook_endpoints", "secret"),
+    ("cloud_accounts", "secrets"),
+    ("cloud_accounts", "verify_token_hash"),
+}
+MUST_STAY_UNREADABLE = {"api_keys", "opt_outs", "session_commands"}
 
 # What a Supabase project has before any of wanotify's SQL runs.
 SUPABASE_LOOKALIKE = """
@@ -66,6 +76,12 @@ async def supabase(empty_pg_url: str) -> AsyncIterator[Any]:
         await conn.execute(printed_sql())
         await insert_org_rows(conn, ORG_1, user_id=USER_A)
         await insert_org_rows(conn, ORG_2, user_id=USER_B)
+        await conn.execute(
+            "INSERT INTO profiles (id, org_id, email, role, created_at)"
+            " VALUES ($1, $2, 'member@example.test', 'member', now())",
+            MEMBER_A,
+            ORG_1,
+        )
         yield conn
     finally:
         await conn.close()
@@ -120,14 +136,72 @@ async def test_anon_key_hashes_opt_outs_and_secret_columns_are_not_readable(
     for table in UNREADABLE:
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await keys_seen(supabase, "authenticated", USER_A, table)
-    for table, secret in SECRET_COLUMNS.items():
+    for table, secrets in SECRET_COLUMNS.items():
         async with supabase.transaction():
             await as_role(supabase, "authenticated", USER_A)
-            assert await supabase.fetchval(f"SELECT count(*) FROM {table}") == 1  # the row: yes
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            async with supabase.transaction():
-                await as_role(supabase, "authenticated", USER_A)
-                await supabase.fetch(f"SELECT {secret} FROM {table}")
+            assert await supabase.fetchval(f"SELECT count(*) FROM {table}") >= 1  # the rows: yes
+        for secret in (*secrets, "*"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with supabase.transaction():
+                    await as_role(supabase, "authenticated", USER_A)
+                    await supabase.fetch(f"SELECT {secret} FROM {table}")
+
+
+async def granted_columns(conn: Any, table: str) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = $1"
+        " AND has_column_privilege('authenticated', $1, column_name, 'SELECT')",
+        table,
+    )
+    return {r["column_name"] for r in rows}
+
+
+async def test_exactly_the_non_secret_columns_are_granted(supabase: Any) -> None:
+    """Column by column, what ``authenticated`` may read: every column but the secrets on the
+    tables with secrets (so a sealed webhook secret or Cloud API app secret never leaves), every
+    column elsewhere, nothing on the unreadable tables."""
+    for table in ORG_TABLES:
+        columns = await supabase.fetch(
+            "SELECT column_name, has_column_privilege('authenticated', $1, column_name, 'SELECT')"
+            " AS readable FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = $1",
+            table,
+        )
+        readable = {c["column_name"] for c in columns if c["readable"]}
+        every = {c["column_name"] for c in columns}
+        hidden = set(SECRET_COLUMNS.get(table, ()))
+        assert hidden <= every, table  # no secret column renamed away unnoticed
+        expected = set() if table in UNREADABLE else every - hidden
+        assert readable == expected, table
+    for table, column in MUST_STAY_HIDDEN:
+        assert column not in await granted_columns(supabase, table), (table, column)
+    for table in MUST_STAY_UNREADABLE:
+        assert await granted_columns(supabase, table) == set(), table
+
+
+async def test_webhooks_are_for_the_orgs_admins_only(supabase: Any) -> None:
+    """As through the API (``GET /api/webhooks…`` needs admin): a member of org 1 sees no
+    webhook endpoint or delivery, but does see the org's Cloud API account (no secrets) and
+    sending policy, as ``GET /api/sessions/cloud`` and ``GET /api/sending-policy`` show viewers."""
+    assert set(ADMINS_ONLY) == {"webhook_endpoints", "webhook_deliveries"}
+    for table in ADMINS_ONLY:
+        assert await keys_seen(supabase, "authenticated", USER_A, table) == {ORG_1}  # the owner
+        assert await keys_seen(supabase, "authenticated", MEMBER_A, table) == set(), table
+    for table in ("cloud_accounts", "sending_policies", "whatsapp_messages"):
+        assert await keys_seen(supabase, "authenticated", MEMBER_A, table) == {ORG_1}, table
+    async with supabase.transaction():
+        await as_role(supabase, "authenticated", USER_A)
+        endpoint = await supabase.fetchrow("SELECT id, url, events, enabled FROM webhook_endpoints")
+        assert endpoint is not None and endpoint["url"].startswith("https://example.test/")
+    # the admin check reads the profile, not the token: a forged role claim changes nothing
+    async with supabase.transaction():
+        await supabase.execute(
+            "SELECT set_config('role', 'authenticated', true),"
+            " set_config('request.jwt.claims', $1, true)",
+            json.dumps({"role": "authenticated", "sub": str(MEMBER_A), "user_role": "owner"}),
+        )
+        assert await supabase.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
 
 
 async def test_the_host_app_cannot_write(supabase: Any) -> None:

@@ -4,6 +4,8 @@ resumes, repeated send errors that pause, quiet hours, and opt-outs with the cri
 
 from __future__ import annotations
 
+import html
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -203,6 +205,14 @@ async def test_notifications_claimed_together_still_keep_the_gap(
     assert untouched["status"] == "pending" and untouched["last_error"] is None
 
 
+def sending_limits(page: str) -> list[str]:
+    """The console's "Sending limits" block as lines of text a reader sees."""
+    match = re.search(r'<section class="card" id="sending-limits"[^>]*>(.*?)</section>', page, re.S)
+    assert match, "no sending limits on the WhatsApp page"
+    paragraphs = re.findall(r"<p[^>]*>(.*?)</p>", match.group(1), re.S)
+    return [" ".join(html.unescape(re.sub(r"<[^>]+>", " ", p)).split()) for p in paragraphs]
+
+
 async def test_warm_up_budget_of_a_new_number(
     client: httpx.AsyncClient, network: SimulatorNetwork, org: Org
 ) -> None:
@@ -212,10 +222,31 @@ async def test_warm_up_budget_of_a_new_number(
     assert state["linked_at"] is not None
     assert state["budget"]["warmup_day"] == 1
     assert state["budget"]["daily_budget"] == 4 and state["budget"]["hourly_budget"] == 1
+    # The console says the same: day 1 of warm-up, nothing sent, nothing to wait for.
+    await console_login(client, "owner@acme.test")
+    warm_up = "Warm-up day 1: a newly linked number starts with small budgets that double each day."
+    assert sending_limits((await client.get("/whatsapp")).text) == [
+        "This hour: 1 of 1 messages left · last 24 hours: 4 of 4 left.",
+        warm_up,
+    ]
     first = await enqueue(client, org)
     await settled(client, org, first["id"], "completed")
     second = await enqueue(client, org, recipient_phone=OTHER_DRIVER)
     await waiting(client, org, second["id"], "pacing: hourly budget of 1 used")
+
+    # The hour's one message is used: the next can go an hour after it left.
+    next_at = parse((await session_status(client, org))["budget"]["next_send_at"])
+    sent = await client.get("/api/messages", params={"to": DRIVER}, headers=org.headers)
+    assert sent.status_code == 200, sent.text
+    (message,) = sent.json()["items"]
+    left_at = parse(message["sent_at"])
+    assert next_at == left_at + timedelta(hours=1)
+    lines = sending_limits((await client.get("/whatsapp")).text)
+    assert lines[:2] == ["This hour: 0 of 1 messages left · last 24 hours: 3 of 4 left.", warm_up]
+    assert len(lines) == 3, lines
+    shown = re.fullmatch(r"Next message can go at (\S+) \(UTC\)\.", lines[2])
+    assert shown, lines[2]
+    assert parse(shown.group(1)) == next_at
 
 
 async def test_typing_shown_before_the_send(

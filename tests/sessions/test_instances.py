@@ -5,7 +5,9 @@ as soon as its leases run out."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from wanotify.app import create_app
 from wanotify.clock import utcnow
 from wanotify.runtime import Runtime
 from wanotify.sessions import cluster
-from wanotify.sessions.models import WhatsAppSession
+from wanotify.sessions.models import SessionCommand, WhatsAppSession
 from wanotify.settings import Settings
 from wanotify.transports.simulator import SimulatorNetwork, SimulatorTransport
 from wanotify.webhooks import service as webhooks
@@ -143,6 +145,79 @@ async def test_a_request_on_either_instance_reaches_the_owner(
     assert out.status_code == 200 and out.json()["status"] == "logged_out", out.text
     assert not holder.runtime.sessions.owns(sid)
     assert network_of(a).devices("+14155550300") == []
+
+
+async def routed_commands(runtime: Runtime, org: Org) -> list[tuple[str, str, str]]:
+    """(command, target instance, status) of every command written for ``org``'s session."""
+    async with runtime.factory() as db:
+        rows = await db.scalars(
+            select(SessionCommand)
+            .where(SessionCommand.org_id == org.id)
+            .order_by(SessionCommand.created_at)
+        )
+        return [(c.command, c.target_instance, c.status) for c in rows]
+
+
+async def test_notify_not_the_poll_delivers_a_routed_command(pg_settings: Settings) -> None:
+    """With LISTEN on and the fallback poll 30 s apart, a command sent to the other instance is
+    answered: the request waits at most 10 s (then 503), and the owner's first poll comes 30 s
+    after it started, so only the NOTIFY on ``wanotify_commands`` can have brought it."""
+    pg_settings.session_command_poll_seconds = 30.0
+    pg_settings.session_command_timeout_seconds = 10.0
+    assert pg_settings.listen
+    network = SimulatorNetwork(delivery_delay_seconds=0.01)
+    started = time.monotonic()
+    async with running(pg_settings, network, "a") as a, running(pg_settings, network, "b") as b:
+        for instance in (a, b):
+            listener = instance.runtime.listener
+            assert listener is not None
+            await asyncio.wait_for(listener.connected.wait(), 10)  # its catch-up wake is past
+        org = await create_org(a.runtime, a.client, name="Notified", email="nt@fleet.test")
+        await link_phone(a.client, network, org, "+14155550900")
+        owner = await owner_of(a.runtime, org)
+        holder, other = (a, b) if owner == "a" else (b, a)
+        sid = await session_id(a.runtime, org)
+
+        down = await other.client.post("/api/sessions/disconnect", headers=org.headers)
+        assert down.status_code == 200, down.text  # not the 503 of an owner that never heard
+        assert not holder.runtime.sessions.owns(sid)
+        assert ("disconnect", owner, "done") in await routed_commands(a.runtime, org)
+        # The argument holds only if no poll can have fired yet, and no reconnect's catch-up.
+        assert time.monotonic() - started < pg_settings.session_command_poll_seconds
+        for instance in (a, b):
+            assert instance.runtime.listener is not None
+            assert instance.runtime.listener.connects == 1
+    await network.aclose()
+
+
+async def test_with_listen_off_commands_still_route_by_polling(pg_settings: Settings) -> None:
+    """``WANOTIFY_LISTEN=false`` (PgBouncer in transaction pooling): no LISTEN connection at all,
+    and a request on the non-owner still reaches the owner, through the poll."""
+    pg_settings.listen = False
+    pg_settings.session_command_poll_seconds = 0.1
+    network = SimulatorNetwork(delivery_delay_seconds=0.01)
+    async with running(pg_settings, network, "a") as a, running(pg_settings, network, "b") as b:
+        assert a.runtime.listener is None and b.runtime.listener is None
+        org = await create_org(a.runtime, a.client, name="Polled", email="pl@fleet.test")
+        await link_phone(a.client, network, org, "+14155550910")
+        owner = await owner_of(a.runtime, org)
+        holder, other = (a, b) if owner == "a" else (b, a)
+        sid = await session_id(a.runtime, org)
+
+        down = await other.client.post("/api/sessions/disconnect", headers=org.headers)
+        assert down.status_code == 200, down.text
+        assert not holder.runtime.sessions.owns(sid)
+        assert ("disconnect", owner, "done") in await routed_commands(a.runtime, org)
+
+        again = await other.client.post("/api/sessions/init", headers=org.headers)
+        assert again.status_code == 200 and again.json()["status"] == "connected", again.text
+        owner = await owner_of(a.runtime, org)
+        holder, other = (a, b) if owner == "a" else (b, a)
+        out = await other.client.post("/api/sessions/logout", headers=org.headers)
+        assert out.status_code == 200 and out.json()["status"] == "logged_out", out.text
+        assert ("logout", owner, "done") in await routed_commands(a.runtime, org)
+        assert network.devices("+14155550910") == []
+    await network.aclose()
 
 
 async def test_an_owner_that_does_not_answer_is_a_503(

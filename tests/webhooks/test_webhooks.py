@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -94,6 +95,14 @@ async def test_events_arrive_signed(
         return "opt_out.created" in receiver.events()
 
     await eventually(opted_out, what="opt-out event")
+    # START undoes it: the host app hears that too (signed like the rest, checked below).
+    again = await client.post(f"/sim/phones/{RECIPIENT}/reply", json={"to": PHONE, "text": "START"})
+    assert again.status_code == 200, again.text
+
+    async def opted_in() -> bool:
+        return "opt_out.removed" in receiver.events()
+
+    await eventually(opted_in, what="opt-out removed event")
     assert "session.status" in receiver.events()
     assert {"sent", "delivered"} <= set(statuses())  # sent concurrently: order not promised
     for r in receiver.received:
@@ -109,6 +118,14 @@ async def test_events_arrive_signed(
         r for r in receiver.received if r.headers["x-wanotify-event"] == "opt_out.created"
     )
     assert json.loads(opt_out.body)["data"]["phone"] == RECIPIENT
+    removed = [
+        json.loads(r.body)
+        for r in receiver.received
+        if r.headers["x-wanotify-event"] == "opt_out.removed"
+    ]
+    assert [(p["event"], p["data"]) for p in removed] == [("opt_out.removed", {"phone": RECIPIENT})]
+    opted_out_at = datetime.fromisoformat(json.loads(opt_out.body)["created_at"])
+    assert datetime.fromisoformat(removed[0]["created_at"]) >= opted_out_at
     connected = [
         json.loads(r.body)["data"]
         for r in receiver.received

@@ -430,6 +430,10 @@ class SessionManager:
                 live.pump.cancel()
 
     def _schedule_reconnect(self, live: Live, *, wait: float | None = None) -> None:
+        if self._live.get(live.session_id) is not live:
+            # Dropped (stop, disconnect) while its last event was being handled: no reconnect
+            # task may outlive it.
+            return
         live.attempts += 1
         if wait is None:
             wait = backoff.delay(
