@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from wanotify.crypto import SecretBox
 from wanotify.db import migrate
 from wanotify.db.engine import SessionFactory, make_engine, make_session_factory
+from wanotify.db.group_commit import GroupCommit
 from wanotify.db.notify import PgListener
 from wanotify.notifications.dispatcher import Dispatcher
 from wanotify.sessions.events import SessionEventHub
@@ -60,6 +61,10 @@ class Runtime:
                 reconnect_base_seconds=settings.reconnect_base_seconds,
                 reconnect_max_seconds=settings.reconnect_max_seconds,
             )
+        # Group commit of the writes to message rows after sends (the dispatcher's settles, the
+        # receipts): ONE flusher for both, so two groups never lock the same rows in opposite
+        # orders (a deadlock PostgreSQL would break after a second).
+        self.commits = GroupCommit(self.factory, name="message-commits")
         self.sessions = SessionManager(
             settings=settings,
             factory=self.factory,
@@ -69,9 +74,14 @@ class Runtime:
             on_connected=self._wake_dispatcher,
             listener=self.listener,
             lease_factory=self.lease_factory,
+            commits=self.commits,
         )
         self.dispatcher = Dispatcher(
-            settings=settings, factory=self.factory, sessions=self.sessions, listener=self.listener
+            settings=settings,
+            factory=self.factory,
+            sessions=self.sessions,
+            listener=self.listener,
+            commits=self.commits,
         )
         self.webhooks = WebhookSender(settings=settings, factory=self.factory, box=self.box)
         self.workers_running = False

@@ -9,10 +9,11 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, delete, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.clock import utcnow
+from wanotify.db.base import UTCDateTime, new_id
 from wanotify.db.dialect import insert
 from wanotify.db.pagination import Page, newest_first
 from wanotify.errors import NotFound
@@ -62,13 +63,16 @@ async def record_outgoing(
     template_id: uuid.UUID | None,
     sent_by: uuid.UUID | None,
     none_yet: bool = False,
+    flush: bool = True,
 ) -> WhatsAppMessage:
     """The message row for a notification, created once before the first send attempt.
 
     A retry finds the same row and so reuses its WhatsApp message id: the recipient's phone
     drops a second copy with an id it has already seen. ``none_yet``: the caller holds the
     notification's lease and has read since claiming it that it has no message row, so the
-    look-up is skipped (nobody else may create one meanwhile).
+    look-up is skipped (nobody else may create one meanwhile). ``flush=False``: a new row is
+    written at the transaction's next flush (its commit at the latest), so the rows of many
+    calls in one transaction go in one multi-row INSERT; its id and WhatsApp id are set now.
     """
     existing = None
     if not none_yet:
@@ -91,6 +95,7 @@ async def record_outgoing(
         template_id=template_id,
         sent_by=sent_by,
         status="sending",
+        flush=flush,
     )
 
 
@@ -105,10 +110,12 @@ async def create_message(
     template_id: uuid.UUID | None,
     sent_by: uuid.UUID | None,
     status: str,
+    flush: bool = True,
 ) -> WhatsAppMessage:
     """A notification's message row with its WhatsApp id fixed now (``queued`` when the text is
     accepted up front, ``sending`` when it is made just before the first send)."""
     message = WhatsAppMessage(
+        id=new_id(),
         org_id=org_id,
         session_id=session_id,
         notification_id=notification_id,
@@ -121,7 +128,8 @@ async def create_message(
         sent_by=sent_by,
     )
     db.add(message)
-    await db.flush()
+    if flush:
+        await db.flush()
     return message
 
 
@@ -133,25 +141,29 @@ async def mark_sent(
     whatsapp_message_id: str | None = None,
 ) -> None:
     """``sent`` (never backwards). ``whatsapp_message_id``: the id the back end assigned, when it
-    is not ours (the Cloud API's ``wamid``); receipts name that one."""
+    is not ours (the Cloud API's ``wamid``); receipts name that one. One statement when the
+    message moves to ``sent`` (the usual case); a second only when it does not."""
+    extra: dict[str, Any] = {}
     if whatsapp_message_id:
-        await db.execute(
-            update(WhatsAppMessage)
-            .where(WhatsAppMessage.id == message_id)
-            .values(whatsapp_message_id=whatsapp_message_id)
-        )
-    await db.execute(
-        update(WhatsAppMessage)
-        .where(WhatsAppMessage.id == message_id, WhatsAppMessage.sent_at.is_(None))
-        .values(sent_at=at)
-    )
+        extra["whatsapp_message_id"] = whatsapp_message_id
     result = await db.execute(
         update(WhatsAppMessage)
         .where(WhatsAppMessage.id == message_id, WhatsAppMessage.status.in_(_earlier("sent")))
-        .values(status="sent")
+        .values(status="sent", sent_at=_first(WhatsAppMessage.sent_at, at), **extra)
     )
     if _changed(result):
         await _emit_status(db, WhatsAppMessage.id == message_id)
+        return
+    # already further on (a receipt overtook this) or failed: only the time and the id
+    stmt = update(WhatsAppMessage).where(WhatsAppMessage.id == message_id)
+    if not extra:
+        stmt = stmt.where(WhatsAppMessage.sent_at.is_(None))
+    await db.execute(stmt.values(sent_at=_first(WhatsAppMessage.sent_at, at), **extra))
+
+
+def _first(column: Any, at: datetime) -> Any:
+    """The column's time if it has one, else ``at``."""
+    return func.coalesce(column, literal(at, UTCDateTime()))
 
 
 async def mark_failed(db: AsyncSession, *, message_id: uuid.UUID, error: str, at: datetime) -> None:
@@ -273,12 +285,22 @@ async def apply_receipt(
     where = [WhatsAppMessage.whatsapp_message_id == whatsapp_message_id]
     if session_id is not None:
         where.append(WhatsAppMessage.session_id == session_id)
-    values: dict[str, Any] = {"status": status}
+    # Moving forward fills the timestamps in the same statement (the usual case: one UPDATE).
+    values: dict[str, Any] = {
+        "status": status,
+        "delivered_at": _first(WhatsAppMessage.delivered_at, at),
+    }
+    if status == "read":
+        values["read_at"] = _first(WhatsAppMessage.read_at, at)
     result = await db.execute(
         update(WhatsAppMessage)
         .where(*where, WhatsAppMessage.status.in_(_earlier(status)))
         .values(**values)
     )
+    if _changed(result):
+        await _emit_status(db, *where)
+        return True
+    # A late or repeated receipt: only the timestamps still missing.
     await db.execute(
         update(WhatsAppMessage)
         .where(*where, WhatsAppMessage.delivered_at.is_(None), WhatsAppMessage.status != "failed")
@@ -290,10 +312,7 @@ async def apply_receipt(
             .where(*where, WhatsAppMessage.read_at.is_(None), WhatsAppMessage.status != "failed")
             .values(read_at=at)
         )
-    changed = _changed(result)
-    if changed:
-        await _emit_status(db, *where)
-    return changed
+    return False
 
 
 # ---- opt-outs -------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from wanotify import backoff, metrics
 from wanotify.clock import utcnow
 from wanotify.db.audit import record
 from wanotify.db.engine import SessionFactory
+from wanotify.db.group_commit import GroupCommit
 from wanotify.db.notify import QUEUE_CHANNEL, PgListener
 from wanotify.errors import DomainError
 from wanotify.logs import bind
@@ -88,12 +89,20 @@ class Dispatcher:
         factory: SessionFactory,
         sessions: SessionManager,
         listener: PgListener | None = None,
+        commits: GroupCommit | None = None,
     ) -> None:
         self.settings = settings
         # PostgreSQL LISTEN wanotify_queue: enqueues by other processes wake this one at once
         self.listener = listener
         self._subscribed = False
         self.factory = factory
+        # Group commit: the message rows written before sends share transactions when many are
+        # ready at once (a send still waits for its row's commit), and so do the settles. Two
+        # flushers, so a send's row never waits behind a group of settles; and a group of rows
+        # is one multi-row INSERT, with no settle's query flushing it piecemeal. ``commits``:
+        # the settles' flusher, shared with the session manager's receipts (the same rows).
+        self._before_send = GroupCommit(factory, name="dispatcher-messages")
+        self._settles = commits or GroupCommit(factory, name="dispatcher-settles")
         self.sessions = sessions
         self.instance_id = settings.instance_id
         self._wake = asyncio.Event()
@@ -162,6 +171,8 @@ class Dispatcher:
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
+        await self._before_send.drain(grace=grace)
+        await self._settles.drain(grace=grace)
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -416,7 +427,8 @@ class Dispatcher:
         bypassed_opt_out: bool,
         none_yet: bool = False,
     ) -> Outcome:
-        async with self.factory() as db, db.begin():
+
+        async def write(db: AsyncSession) -> tuple[uuid.UUID, str]:
             message = await messages.record_outgoing(
                 db,
                 org_id=row.org_id,
@@ -427,8 +439,8 @@ class Dispatcher:
                 template_id=row.template_id,
                 sent_by=row.sent_by,
                 none_yet=none_yet,
+                flush=False,  # the group's commit inserts its rows in one statement
             )
-            message_id, wamid = message.id, str(message.whatsapp_message_id)
             if bypassed_opt_out:
                 await record(
                     db,
@@ -441,6 +453,10 @@ class Dispatcher:
                         "phone": row.recipient_phone,
                     },
                 )
+            return message.id, str(message.whatsapp_message_id)
+
+        # committed before the send, as ever: a crash after it finds the row (same message id)
+        message_id, wamid = await self._before_send.run(write)
         row.message_id = message_id
         if bypassed_opt_out:
             log.warning("critical notification sent to an opted-out recipient")
@@ -538,46 +554,56 @@ class Dispatcher:
 
     async def _settle(self, row: Notification, outcome: Outcome) -> None:
         now = utcnow()
-        async with self.factory() as db, db.begin():
-            if outcome.status == "completed" and row.message_id:
+
+        async def write(db: AsyncSession) -> Outcome | None:
+            """The outcome as applied, or None if the lease was lost."""
+            final = outcome
+            if final.status == "completed" and row.message_id:
                 # The provider may have reported it failed already (a Cloud API webhook that
                 # overtook this bookkeeping): the notification fails with it.
                 late = await messages.failure_of(db, message_id=row.message_id)
                 if late is not None:
-                    outcome = Outcome("failed", late)
-            values: dict[str, object] = {"last_error": outcome.error}
+                    final = Outcome("failed", late)
+            values: dict[str, object] = {"last_error": final.error}
             if row.message_id:
                 values["message_id"] = row.message_id
-            if outcome.status == "pending":
-                values["next_attempt_at"] = now + timedelta(seconds=outcome.retry_in or 0)
-                if outcome.refund_attempt:
+            if final.status == "pending":
+                values["next_attempt_at"] = now + timedelta(seconds=final.retry_in or 0)
+                if final.refund_attempt:
                     values["attempts"] = Notification.attempts - 1
             held = await queue.settle(
                 db,
                 notification_id=row.id,
                 instance_id=self.instance_id,
                 now=now,
-                status=outcome.status,
+                status=final.status,
                 **values,
             )
             if not held:
-                log.warning("lease lost before settling; another worker has this notification")
-                return
-            if row.message_id and outcome.status == "completed":
+                return None
+            if row.message_id and final.status == "completed":
                 await messages.mark_sent(
-                    db, message_id=row.message_id, at=now, whatsapp_message_id=outcome.provider_id
+                    db, message_id=row.message_id, at=now, whatsapp_message_id=final.provider_id
                 )
-            elif row.message_id and outcome.status == "failed":
+            elif row.message_id and final.status == "failed":
                 await messages.mark_failed(
-                    db, message_id=row.message_id, error=outcome.error or "failed", at=now
+                    db, message_id=row.message_id, error=final.error or "failed", at=now
                 )
-            if outcome.status == "failed":
+            if final.status == "failed":
                 await record(
                     db,
                     org_id=row.org_id,
                     action="notification.failed",
-                    details={"notification_id": str(row.id), "error": outcome.error},
+                    details={"notification_id": str(row.id), "error": final.error},
                 )
+            return final
+
+        # a failed group is rolled back and each settle runs again alone (held by its lease)
+        applied = await self._settles.run(write)
+        if applied is None:
+            log.warning("lease lost before settling; another worker has this notification")
+            return
+        outcome = applied
         metrics.PROCESSED.labels(outcome.status).inc()
         if outcome.status == "failed":
             log.warning("notification failed: %s", outcome.error)

@@ -28,6 +28,7 @@ from wanotify.db.audit import record
 from wanotify.db.base import UTCDateTime
 from wanotify.db.dialect import notify
 from wanotify.db.engine import SessionFactory
+from wanotify.db.group_commit import GroupCommit
 from wanotify.db.notify import COMMAND_DONE_CHANNEL, COMMANDS_CHANNEL, PgListener
 from wanotify.db.outage import is_unavailable
 from wanotify.errors import Conflict, DomainError, InvalidInput, NotFound, Unavailable
@@ -72,6 +73,15 @@ EXPIRY_MARGIN_SECONDS = 0.05
 # enough at once to overlap those waits (8 made a worker's takeover of 50 sessions take twice
 # as long, tests/test_scale.py), few enough that a thousand never queue on the pool.
 RESUME_AT_ONCE = 32
+# Receipts of one session already waiting in its queue, stored together (in its order).
+RECEIPTS_AT_ONCE = 100
+
+
+@dataclass(frozen=True)
+class Receipts:
+    """Consecutive receipts of one socket, applied in their order in one unit of work."""
+
+    items: tuple[Receipt, ...]
 
 
 @dataclass(eq=False)
@@ -105,6 +115,7 @@ class SessionManager:
         on_connected: Callable[[uuid.UUID], None] | None = None,
         listener: PgListener | None = None,
         lease_factory: SessionFactory | None = None,
+        commits: GroupCommit | None = None,
     ) -> None:
         self.settings = settings
         self.factory = factory
@@ -120,6 +131,9 @@ class SessionManager:
         self.listener = listener
         # Heartbeats and leases on their own connection: a busy pool must not let leases lapse.
         self._lease_factory = lease_factory or factory
+        # receipts of every session share transactions when many arrive at once (``commits``:
+        # a flusher shared with the dispatcher's settles, which write the same rows)
+        self._commits = commits or GroupCommit(factory, name="session-commits")
         self.running = False
         self._commands_due = asyncio.Event()
         self._command_loop: asyncio.Task[None] | None = None
@@ -156,6 +170,7 @@ class SessionManager:
         for live in list(self._live.values()):
             await self._drop(live, close=True)
         self._live.clear()
+        await self._commits.drain()
         mine = WhatsAppSession.owner_instance == self.instance_id
         async with self.factory() as db, db.begin():
             await db.execute(
@@ -453,12 +468,19 @@ class SessionManager:
     # ---- events ------------------------------------------------------------------------------
 
     async def _pump(self, live: Live) -> None:
+        carried: tuple[int, TransportEvent | None] | None = None
         while True:
-            generation, event = await live.events.get()
-            if event is None:
+            if carried is not None:
+                (generation, first), carried = carried, None
+            else:
+                generation, first = await live.events.get()
+            if first is None:
                 return
             if generation != live.generation:
                 continue
+            event: TransportEvent | Receipts = first
+            if isinstance(first, Receipt):
+                event, carried = self._receipts_waiting(live, generation, first)
             try:
                 with bind(org_id=str(live.org_id), session_id=str(live.session_id)):
                     await self._apply_until_stored(live, generation, event)
@@ -469,7 +491,26 @@ class SessionManager:
             if self._live.get(live.session_id) is not live:
                 return
 
-    async def _apply_until_stored(self, live: Live, generation: int, event: TransportEvent) -> None:
+    @staticmethod
+    def _receipts_waiting(
+        live: Live, generation: int, first: Receipt
+    ) -> tuple[Receipts, tuple[int, TransportEvent | None] | None]:
+        """``first`` and the receipts queued right behind it (same socket), and the first other
+        item taken from the queue, which the pump handles next."""
+        batch = [first]
+        while len(batch) < RECEIPTS_AT_ONCE and not live.events.empty():
+            item = live.events.get_nowait()
+            if item[1] is not None and item[0] != live.generation:
+                continue  # an older socket's event: dropped, as the pump does
+            if item[0] == generation and isinstance(item[1], Receipt):
+                batch.append(item[1])
+                continue
+            return Receipts(tuple(batch)), item
+        return Receipts(tuple(batch)), None
+
+    async def _apply_until_stored(
+        self, live: Live, generation: int, event: TransportEvent | Receipts
+    ) -> None:
         """Apply one event; while the database cannot be reached, apply it again later (with
         backoff) instead of dropping it.
 
@@ -499,7 +540,7 @@ class SessionManager:
                 )
                 await asyncio.sleep(wait)
 
-    async def _apply(self, live: Live, event: TransportEvent) -> None:
+    async def _apply(self, live: Live, event: TransportEvent | Receipts) -> None:
         if isinstance(event, QrCode):
             live.status = "qr_pending"
             await self._write(
@@ -525,16 +566,26 @@ class SessionManager:
         elif isinstance(event, TemporaryBan):
             await self._on_temporary_ban(live, event)
         elif isinstance(event, Receipt):
-            async with self.factory() as db, db.begin():
-                await messages.apply_receipt(
-                    db,
-                    whatsapp_message_id=event.message_id,
-                    status=event.status,
-                    at=event.at,
-                    session_id=live.session_id,
-                )
+            await self._apply_receipts(live, Receipts((event,)))
+        elif isinstance(event, Receipts):
+            await self._apply_receipts(live, event)
         elif isinstance(event, Incoming):
             await self._on_incoming(live, event)
+
+    async def _apply_receipts(self, live: Live, receipts: Receipts) -> None:
+        session_id = live.session_id
+
+        async def write(db: AsyncSession) -> None:
+            for receipt in receipts.items:
+                await messages.apply_receipt(
+                    db,
+                    whatsapp_message_id=receipt.message_id,
+                    status=receipt.status,
+                    at=receipt.at,
+                    session_id=session_id,
+                )
+
+        await self._commits.run(write)
 
     async def _on_connected(self, live: Live, event: Connected) -> None:
         live.status = "connected"
