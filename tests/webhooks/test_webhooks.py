@@ -134,10 +134,17 @@ async def test_events_arrive_signed(
     assert any(d["status"] == "connected" and d["phone_number"] == PHONE for d in connected)
     assert all("qr_code" not in d and "auth_state" not in d for d in connected)
 
-    log = await client.get("/api/webhooks/deliveries?limit=200", headers=org.headers)
-    assert log.status_code == 200
-    assert {d["status"] for d in log.json()["items"]} == {"delivered"}
-    assert all(d["attempts"] == 1 and d["last_status_code"] == 200 for d in log.json()["items"])
+    # The sender marks a delivery delivered once the receiver has answered, so the last one
+    # may still be in flight when the receiver has seen it: wait for the log to settle.
+    async def settled() -> list[dict[str, Any]] | None:
+        log = await client.get("/api/webhooks/deliveries?limit=200", headers=org.headers)
+        assert log.status_code == 200
+        items: list[dict[str, Any]] = log.json()["items"]
+        return None if any(d["status"] == "pending" for d in items) else items
+
+    items = await eventually(settled, what="every delivery settled")
+    assert {d["status"] for d in items} == {"delivered"}
+    assert all(d["attempts"] == 1 and d["last_status_code"] == 200 for d in items)
 
 
 async def test_failing_receiver_is_retried_with_growing_delays_then_given_up(

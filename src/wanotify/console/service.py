@@ -34,10 +34,10 @@ STATUS_LABELS = {
     "failed": "Failed",
 }
 
+_UNLINKED = "The phone removed this linked device. Connect again and scan a new QR code."
+_REPLACED = "This session was opened somewhere else, so this connection was closed."
 _ERRORS = {
-    "device was unlinked from the phone": (
-        "The phone removed this linked device. Connect again and scan a new QR code."
-    ),
+    "device was unlinked from the phone": _UNLINKED,
     "logged out": "This number was logged out. Connect and scan a new QR code to link a phone.",
     "network unreachable": (
         "The connection to WhatsApp was lost (no network). It reconnects by itself."
@@ -50,21 +50,15 @@ _ERRORS = {
     "disconnected by a user": (
         "Someone disconnected this session. Press Connect to reconnect (no new QR code needed)."
     ),
-    "replaced by another connection of the same device": (
-        "This session was opened somewhere else, so this connection was closed."
-    ),
+    "replaced by another connection of the same device": _REPLACED,
     # the same events as whatsmeow reports them
-    whatsmeow.UNLINKED: (
-        "The phone removed this linked device. Connect again and scan a new QR code."
-    ),
+    whatsmeow.UNLINKED: _UNLINKED,
     whatsmeow.MAIN_DEVICE_GONE: (
         "WhatsApp was reinstalled or the account deleted on the phone, so this link ended. "
         "Connect again and scan a new QR code."
     ),
     whatsmeow.CONNECTION_LOST: "The connection to WhatsApp was lost. It reconnects by itself.",
-    whatsmeow.STREAM_REPLACED: (
-        "This session was opened somewhere else, so this connection was closed."
-    ),
+    whatsmeow.STREAM_REPLACED: _REPLACED,
 }
 _TEMPORARY_BAN = "temporarily banned by WhatsApp: "
 

@@ -722,8 +722,7 @@ class SessionManager:
                     await self._drop(live, close=True)
                 return
             if values.get("status", before) != before:  # the host app hears of status changes
-                data = {**service.public(row), "previous_status": before}
-                data.pop("qr_code")
+                data = service.status_event(row, before)
                 await webhooks.emit(db, org_id=org_id, event="session.status", data=data)
             if audit:
                 action, actor, details = audit
@@ -862,8 +861,7 @@ class SessionManager:
         for row, before in changed:
             endpoint = endpoints.get(row.org_id)
             if endpoint is not None:
-                data = {**service.public(row), "previous_status": before}
-                data.pop("qr_code")
+                data = service.status_event(row, before)
                 await webhooks.emit_to(db, endpoint=endpoint, event="session.status", data=data)
 
     def _credentials(self, row: WhatsAppSession) -> dict[str, Any] | None:

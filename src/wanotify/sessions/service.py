@@ -87,6 +87,13 @@ async def write_state(
     return row
 
 
+def status_event(row: WhatsAppSession, previous_status: str | None) -> dict[str, Any]:
+    """The ``session.status`` webhook's data: what ``public`` shows, but never the QR code."""
+    data = {**public(row), "previous_status": previous_status}
+    data.pop("qr_code")
+    return data
+
+
 def pause(row: WhatsAppSession) -> dict[str, Any]:
     """The pause in force (a temporary ban, or repeated send errors), if any."""
     if row.paused_until is None or row.paused_until <= utcnow():
