@@ -64,8 +64,14 @@ class Settings(BaseSettings):
     trial_days: int = 14
 
     # queue
-    dispatch_batch_size: int = 50
-    dispatch_concurrency: int = 32
+    dispatch_batch_size: int = Field(
+        default=128, description="notifications claimed in one statement, at most"
+    )
+    dispatch_concurrency: int = Field(
+        default=128,
+        description="notifications in flight at once (sends, settles); a group commit writes "
+        "what is ready together, so more in flight means fewer, larger transactions",
+    )
     dispatch_poll_seconds: float = 1.0
     listen: bool = Field(
         default=True,

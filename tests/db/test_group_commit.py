@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from wanotify.db.engine import SessionFactory, make_engine, make_session_factory
-from wanotify.db.group_commit import GroupCommit
+from wanotify.db.group_commit import Batch, GroupCommit
 from wanotify.settings import Settings
 
 
@@ -150,3 +150,79 @@ async def test_a_caller_cancelled_before_its_unit_ran_is_left_out(
     assert await kept == 30
     await commits.drain()
     assert await stored(factory) == [1, 3]
+
+
+def probe_batch(calls: list[list[int]]) -> Batch[int, int]:
+    """A batch that inserts its items' rows in ONE multi-row statement and records each call."""
+
+    async def apply(db: AsyncSession, items: list[int]) -> list[int]:
+        calls.append(list(items))
+        await db.execute(
+            text("INSERT INTO gc_probe (id, label) VALUES (:id, :label)"),
+            [{"id": i, "label": f"batched {i}"} for i in items],
+        )
+        return [i * 100 for i in items]
+
+    return Batch("probe", apply)
+
+
+async def test_a_batch_applies_its_items_of_a_group_in_one_call(
+    factory: SessionFactory, begins: list[int]
+) -> None:
+    commits, calls = GroupCommit(factory), []
+    batch = probe_batch(calls)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(db: AsyncSession) -> int:
+        started.set()
+        await release.wait()
+        return await insert(1000)(db)
+
+    first = asyncio.create_task(commits.run(slow))
+    await started.wait()
+    # queued while the first flush runs: units and batch items mixed, one group
+    later = [
+        asyncio.create_task(commits.run(insert(i)) if i % 3 == 0 else commits.run_batched(batch, i))
+        for i in range(12)
+    ]
+    await asyncio.sleep(0.01)
+    release.set()
+    assert await first == 10000
+    results = [await t for t in later]
+    assert results == [i * 10 if i % 3 == 0 else i * 100 for i in range(12)]
+    assert calls == [[i for i in range(12) if i % 3]]  # one call, the items in order
+    assert begins[0] == 2
+    assert await stored(factory) == [*range(12), 1000]
+
+
+async def test_a_failing_batch_runs_each_item_alone(
+    factory: SessionFactory, begins: list[int]
+) -> None:
+    async with factory() as db, db.begin():
+        await db.execute(text("INSERT INTO gc_probe (id, label) VALUES (3, 'taken')"))
+    commits, calls = GroupCommit(factory), []
+    batch = probe_batch(calls)
+    results = await asyncio.gather(
+        *(commits.run_batched(batch, i) for i in range(1, 6)), return_exceptions=True
+    )
+    assert results[:2] == [100, 200]
+    assert isinstance(results[2], IntegrityError)  # row 3 exists: only its caller fails
+    assert results[3:] == [400, 500]
+    assert calls == [[1, 2, 3, 4, 5], [1], [2], [3], [4], [5]]  # rolled back, then each alone
+    assert begins[0] == 1 + 1 + 5  # the row taken beforehand, the group, each alone
+    assert await stored(factory) == [1, 2, 3, 4, 5]
+
+
+async def test_a_batch_that_miscounts_its_results_is_not_trusted(
+    factory: SessionFactory,
+) -> None:
+    async def short(_db: AsyncSession, items: list[int]) -> list[int]:
+        return items[:1]
+
+    commits = GroupCommit(factory)
+    batch: Batch[int, int] = Batch("short", short)
+    results = await asyncio.gather(
+        *(commits.run_batched(batch, i) for i in range(4)), return_exceptions=True
+    )
+    # the group's call gave fewer results than items: rolled back, then each alone is right
+    assert results == [0, 1, 2, 3]

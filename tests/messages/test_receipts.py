@@ -14,6 +14,7 @@ from wanotify.db.engine import make_engine, make_session_factory
 from wanotify.messages import service
 from wanotify.messages.models import WhatsAppMessage
 from wanotify.orgs.models import Organization
+from wanotify.sessions.models import WhatsAppSession
 from wanotify.settings import Settings
 
 
@@ -113,3 +114,88 @@ async def test_a_message_accepted_up_front_is_sending_during_its_send(db: AsyncS
     assert sending.id == queued.id
     assert sending.whatsapp_message_id == queued.whatsapp_message_id
     assert sending.status == "sending"
+
+
+async def messages_of_two_numbers(db: AsyncSession) -> list[WhatsAppMessage]:
+    """Two orgs, each with its number, each with two messages in ``sending``; the last message
+    of the second number carries the same WhatsApp id as the first of the first number."""
+    rows = []
+    for name in ("A", "B"):
+        org = Organization(name=name, plan="basic")
+        db.add(org)
+        await db.flush()
+        session = WhatsAppSession(org_id=org.id, status="connected")
+        db.add(session)
+        await db.flush()
+        for _ in range(2):
+            rows.append(
+                await service.record_outgoing(
+                    db,
+                    org_id=org.id,
+                    session_id=session.id,
+                    notification_id=uuid.uuid4(),
+                    recipient_phone="+14155550123",
+                    body="hi",
+                    template_id=None,
+                    sent_by=None,
+                )
+            )
+    rows[3].whatsapp_message_id = rows[0].whatsapp_message_id
+    await db.commit()
+    return rows
+
+
+async def test_a_burst_of_receipts_gives_each_message_its_own_time(db: AsyncSession) -> None:
+    a1, a2, b1, b2 = await messages_of_two_numbers(db)
+    t0 = utcnow()
+    at = [t0 + timedelta(seconds=i) for i in range(5)]
+
+    def receipt(m: WhatsAppMessage, status: str, when: int) -> service.ReceiptIn:
+        return service.ReceiptIn(str(m.whatsapp_message_id), status, at[when], m.session_id)
+
+    moved = await service.apply_receipts(
+        db,
+        receipts=[
+            receipt(a1, "read", 3),  # read comes first in the burst, its delivered after
+            receipt(a1, "delivered", 1),
+            receipt(a2, "delivered", 2),
+            receipt(a2, "delivered", 4),  # repeated: the first time stays
+            receipt(b1, "delivered", 0),
+        ],
+    )
+    got = [await reload(db, m) for m in (a1, a2, b1, b2)]
+    assert [(m.status, m.delivered_at, m.read_at) for m in got] == [
+        ("read", at[1], at[3]),
+        ("delivered", at[2], None),
+        ("delivered", at[0], None),
+        ("sending", None, None),  # a1's WhatsApp id, but another number: untouched
+    ]
+    assert moved == 4  # a1 twice (delivered, then read), a2 and b1 once
+
+
+async def test_a_group_of_sends_marks_each_message_sent_at_its_own_time(
+    db: AsyncSession,
+) -> None:
+    a1, a2, b1, b2 = await messages_of_two_numbers(db)
+    t0 = utcnow()
+    await service.apply_receipt(
+        db, whatsapp_message_id=str(b1.whatsapp_message_id), status="read", at=t0
+    )
+    at = {m.id: t0 + timedelta(seconds=i + 1) for i, m in enumerate((a1, a2, b1))}
+    await service.mark_sent_many(
+        db,
+        sent={
+            a1.id: service.Sent(at[a1.id]),
+            a2.id: service.Sent(at[a2.id], provider_id="wamid.PROVIDER"),
+            b1.id: service.Sent(at[b1.id]),
+        },
+    )
+    got = [await reload(db, m) for m in (a1, a2, b1, b2)]
+    assert [(m.status, m.sent_at) for m in got] == [
+        ("sent", at[a1.id]),
+        ("sent", at[a2.id]),
+        ("read", at[b1.id]),  # a receipt overtook it: the time is filled, the status stays
+        ("sending", None),
+    ]
+    assert got[1].whatsapp_message_id == "wamid.PROVIDER"  # receipts name the provider's id
+    assert got[0].whatsapp_message_id == a1.whatsapp_message_id

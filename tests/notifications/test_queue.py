@@ -128,3 +128,32 @@ async def test_settle_refuses_a_row_whose_lease_was_taken(factory: SessionFactor
             db, notification_id=row.id, instance_id="i1", now=utcnow(), status="completed"
         )
     assert held is False
+
+
+async def test_completing_a_group_skips_a_row_whose_lease_was_taken(
+    factory: SessionFactory,
+) -> None:
+    await seed(factory, [{"priority": 0} for _ in range(3)])
+    rows = await claim(factory, 3)
+    lost = rows[1]
+    async with factory() as db, db.begin():  # the second row's lease runs out; i2 takes it
+        await db.execute(
+            Notification.__table__.update()
+            .where(Notification.id == lost.id)
+            .values(locked_until=utcnow() - timedelta(seconds=1))
+        )
+        await queue.release_expired(db, now=utcnow())
+    assert [n.id for n in await claim(factory, 3, "i2")] == [lost.id]
+    t0 = utcnow()
+    done = {n.id: (t0 + timedelta(seconds=i), uuid.uuid4()) for i, n in enumerate(rows)}
+    async with factory() as db, db.begin():
+        held = await queue.complete_many(db, instance_id="i1", done=done)
+    assert held == {rows[0].id, rows[2].id}
+    async with factory() as db:
+        got = {n.id: n for n in await db.scalars(select(Notification))}
+    for n in (rows[0], rows[2]):
+        at, message_id = done[n.id]
+        assert got[n.id].status == "completed"
+        assert (got[n.id].completed_at, got[n.id].message_id) == (at, message_id)
+        assert got[n.id].locked_by is None
+    assert (got[lost.id].status, got[lost.id].locked_by) == ("processing", "i2")

@@ -12,6 +12,11 @@ one bad unit does not fail the others and each caller gets its own result or exc
 a unit must be safe to run twice after a rollback: it changes nothing outside the database
 (return values instead; the caller applies them) and neither commits nor rolls back itself.
 
+A :class:`Batch` goes further than sharing the transaction: its items in a group are applied
+by ONE call, so the work is a few multi-row statements for the whole group instead of a few
+statements per item (``run_batched``). The call comes at the place of the batch's first item in
+the group; so a batch's items must not depend on the order of other work in the same group.
+
 The component knows nothing of the domain; the session factory decides the scope (row-level
 security: cross-org work uses a worker factory).
 """
@@ -20,26 +25,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
 Unit = Callable[[AsyncSession], Awaitable[T]]
 
 DEFAULT_MAX_GROUP = 200
+
+
+@dataclass(frozen=True, eq=False)
+class Batch(Generic[ItemT, T]):
+    """A kind of work whose items a group applies in one call: ``apply(db, items)`` gets them
+    in the order they came and returns one result per item, in that order. Like a unit, it
+    must be safe to run again after a rollback (then each item runs alone: ``[item]``)."""
+
+    name: str
+    apply: Callable[[AsyncSession, list[ItemT]], Awaitable[list[T]]]
+
+    async def one(self, item: ItemT, db: AsyncSession) -> T:
+        (result,) = await self.apply(db, [item])
+        return result
 
 
 @dataclass(eq=False)
 class _Pending:
     unit: Unit[Any]
     future: asyncio.Future[Any]
+    batch: Batch[Any, Any] | None = None
+    item: Any = None
 
 
 class GroupCommit:
@@ -62,11 +85,25 @@ class GroupCommit:
         """Run ``unit`` in a transaction shared with the others queued meanwhile; its result
         (or its exception) once that transaction has committed. A caller cancelled before its
         unit started leaves it out; once started, the unit commits (or not) with its group."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(unit, future))
+        future: asyncio.Future[T] = self._future()
+        self._enqueue(_Pending(unit, future))
+        return await future
+
+    async def run_batched(self, batch: Batch[ItemT, T], item: ItemT) -> T:
+        """Like :meth:`run`, but ``item`` is applied together with the group's other items of
+        ``batch`` (multi-row statements); its own result once the transaction has committed."""
+        future: asyncio.Future[T] = self._future()
+        self._enqueue(_Pending(functools.partial(batch.one, item), future, batch, item))
+        return await future
+
+    @staticmethod
+    def _future() -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    def _enqueue(self, pending: _Pending) -> None:
+        self._queue.append(pending)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_all(), name=self.name)
-        return await future
 
     async def drain(self, *, grace: float = 10.0) -> None:
         """Wait for the units queued so far to finish (at shutdown, before the engine goes);
@@ -104,15 +141,32 @@ class GroupCommit:
             return
         try:
             async with self.factory() as db, db.begin():
-                results = [await pending.unit(db) for pending in group]
+                results = await self._apply(db, group)
         except Exception:
             log.debug("a group of %d failed; running each on its own", len(group), exc_info=True)
             for pending in group:
                 await self._alone(pending)
             return
-        for pending, result in zip(group, results, strict=True):
+        for pending in group:
             if not pending.future.done():
-                pending.future.set_result(result)
+                pending.future.set_result(results[id(pending)])
+
+    @staticmethod
+    async def _apply(db: AsyncSession, group: list[_Pending]) -> dict[int, Any]:
+        """Each unit in turn; each batch once, at its first item, with all its items."""
+        results: dict[int, Any] = {}
+        for pending in group:
+            if id(pending) in results:
+                continue
+            if pending.batch is None:
+                results[id(pending)] = await pending.unit(db)
+                continue
+            members = [p for p in group if p.batch is pending.batch]
+            out = await pending.batch.apply(db, [p.item for p in members])
+            if len(out) != len(members):
+                raise RuntimeError(f"batch {pending.batch.name} returned {len(out)} results")
+            results.update((id(p), r) for p, r in zip(members, out, strict=True))
+        return results
 
     async def _alone(self, pending: _Pending) -> None:
         try:

@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, literal, select, update
+from sqlalchemy import Table, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from wanotify.clock import utcnow
 from wanotify.db.base import UTCDateTime, new_id
 from wanotify.db.dialect import insert
+from wanotify.db.group_commit import Batch
 from wanotify.db.pagination import Page, newest_first
+from wanotify.db.per_row import per_row
 from wanotify.errors import NotFound
 from wanotify.messages.models import OptOut, WhatsAppMessage
 from wanotify.webhooks import service as webhooks
 from wanotify.webhooks.models import WebhookEndpoint
 
+#: the table itself, for the multi-row statements of the hot path (no ORM bookkeeping)
+MESSAGES: Table = WhatsAppMessage.__table__  # type: ignore[assignment]
 ORDER = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4}
 # The carrier-standard keywords (CTIA: STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT) plus the
 # common French/Spanish/German/Nordic ones; a whole reply must be the word, so "stop by at 5"
@@ -63,16 +69,13 @@ async def record_outgoing(
     template_id: uuid.UUID | None,
     sent_by: uuid.UUID | None,
     none_yet: bool = False,
-    flush: bool = True,
 ) -> WhatsAppMessage:
     """The message row for a notification, created once before the first send attempt.
 
     A retry finds the same row and so reuses its WhatsApp message id: the recipient's phone
     drops a second copy with an id it has already seen. ``none_yet``: the caller holds the
     notification's lease and has read since claiming it that it has no message row, so the
-    look-up is skipped (nobody else may create one meanwhile). ``flush=False``: a new row is
-    written at the transaction's next flush (its commit at the latest), so the rows of many
-    calls in one transaction go in one multi-row INSERT; its id and WhatsApp id are set now.
+    look-up is skipped (nobody else may create one meanwhile).
     """
     existing = None
     if not none_yet:
@@ -95,8 +98,61 @@ async def record_outgoing(
         template_id=template_id,
         sent_by=sent_by,
         status="sending",
-        flush=flush,
     )
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A notification's message about to be sent: ``record_outgoing``'s arguments."""
+
+    org_id: uuid.UUID
+    session_id: uuid.UUID | None
+    notification_id: uuid.UUID
+    recipient_phone: str
+    body: str
+    template_id: uuid.UUID | None
+    sent_by: uuid.UUID | None
+    none_yet: bool = False
+
+
+async def record_outgoing_many(
+    db: AsyncSession, *, outgoing: Sequence[Outgoing]
+) -> list[tuple[uuid.UUID, str]]:
+    """``record_outgoing`` of a group about to be sent: (message id, WhatsApp id) of each. The
+    new rows (``none_yet``) go in ONE multi-row ``INSERT`` of plain rows, no ORM objects; a
+    retry's existing row is found and reused one by one."""
+    now = utcnow()
+    new = [_new_row(o, now) for o in outgoing if o.none_yet]
+    if new:
+        await db.execute(MESSAGES.insert(), new)
+    made = iter(new)
+    ids: list[tuple[uuid.UUID, str]] = []
+    for o in outgoing:
+        if o.none_yet:
+            row = next(made)
+            ids.append((row["id"], row["whatsapp_message_id"]))
+            continue
+        fields = {k: v for k, v in vars(o).items() if k != "none_yet"}
+        message = await record_outgoing(db, **fields)
+        ids.append((message.id, str(message.whatsapp_message_id)))
+    return ids
+
+
+def _new_row(o: Outgoing, now: datetime) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "org_id": o.org_id,
+        "session_id": o.session_id,
+        "notification_id": o.notification_id,
+        "recipient_phone": o.recipient_phone,
+        "message_type": "template" if o.template_id else "text",
+        "message_body": o.body,
+        "status": "sending",
+        "whatsapp_message_id": new_whatsapp_message_id(),
+        "template_id": o.template_id,
+        "sent_by": o.sent_by,
+        "created_at": now,
+    }
 
 
 async def create_message(
@@ -110,7 +166,6 @@ async def create_message(
     template_id: uuid.UUID | None,
     sent_by: uuid.UUID | None,
     status: str,
-    flush: bool = True,
 ) -> WhatsAppMessage:
     """A notification's message row with its WhatsApp id fixed now (``queued`` when the text is
     accepted up front, ``sending`` when it is made just before the first send)."""
@@ -128,8 +183,7 @@ async def create_message(
         sent_by=sent_by,
     )
     db.add(message)
-    if flush:
-        await db.flush()
+    await db.flush()
     return message
 
 
@@ -141,29 +195,49 @@ async def mark_sent(
     whatsapp_message_id: str | None = None,
 ) -> None:
     """``sent`` (never backwards). ``whatsapp_message_id``: the id the back end assigned, when it
-    is not ours (the Cloud API's ``wamid``); receipts name that one. One statement when the
-    message moves to ``sent`` (the usual case); a second only when it does not."""
-    extra: dict[str, Any] = {}
-    if whatsapp_message_id:
-        extra["whatsapp_message_id"] = whatsapp_message_id
-    result = await db.execute(
-        update(WhatsAppMessage)
-        .where(WhatsAppMessage.id == message_id, WhatsAppMessage.status.in_(_earlier("sent")))
-        .values(status="sent", sent_at=_first(WhatsAppMessage.sent_at, at), **extra)
-    )
-    if _changed(result):
-        await _emit_status(db, WhatsAppMessage.id == message_id)
+    is not ours (the Cloud API's ``wamid``); receipts name that one."""
+    await mark_sent_many(db, sent={message_id: Sent(at, whatsapp_message_id)})
+
+
+@dataclass(frozen=True)
+class Sent:
+    """When a message was sent, and the back end's own id for it if not ours."""
+
+    at: datetime
+    provider_id: str | None = None
+
+
+async def mark_sent_many(db: AsyncSession, *, sent: Mapping[uuid.UUID, Sent]) -> None:
+    """``mark_sent`` of many messages (a group of settles): one ``UPDATE`` moves them all to
+    ``sent`` with their own times; a second only for those a receipt overtook (or that
+    failed): their time and id, never their status."""
+    if not sent:
         return
-    # already further on (a receipt overtook this) or failed: only the time and the id
-    stmt = update(WhatsAppMessage).where(WhatsAppMessage.id == message_id)
-    if not extra:
-        stmt = stmt.where(WhatsAppMessage.sent_at.is_(None))
-    await db.execute(stmt.values(sent_at=_first(WhatsAppMessage.sent_at, at), **extra))
-
-
-def _first(column: Any, at: datetime) -> Any:
-    """The column's time if it has one, else ``at``."""
-    return func.coalesce(column, literal(at, UTCDateTime()))
+    t = MESSAGES
+    at = per_row(t.c.id, {k: v.at for k, v in sent.items()}, UTCDateTime())
+    values: dict[str, Any] = {"sent_at": func.coalesce(t.c.sent_at, at)}
+    provided = {k: v.provider_id for k, v in sent.items() if v.provider_id}
+    if provided:
+        values["whatsapp_message_id"] = func.coalesce(
+            per_row(t.c.id, provided, t.c.whatsapp_message_id.type), t.c.whatsapp_message_id
+        )
+    moved = set(
+        await db.scalars(
+            update(t)
+            .where(t.c.id.in_(list(sent)), t.c.status.in_(_earlier("sent")))
+            .values(status="sent", **values)
+            .returning(t.c.id)
+        )
+    )
+    if moved:
+        await _emit_status(db, WhatsAppMessage.id.in_(moved))
+    rest = [k for k in sent if k not in moved]
+    if rest:  # already further on (a receipt overtook this) or failed
+        await db.execute(
+            update(t)
+            .where(t.c.id.in_(rest), or_(t.c.sent_at.is_(None), t.c.id.in_(list(provided))))
+            .values(**values)
+        )
 
 
 async def mark_failed(db: AsyncSession, *, message_id: uuid.UUID, error: str, at: datetime) -> None:
@@ -258,14 +332,28 @@ async def of_notifications(
     return {row.notification_id: row for row in rows if row.notification_id is not None}
 
 
-async def failure_of(db: AsyncSession, *, message_id: uuid.UUID) -> str | None:
-    """The error of a message that has failed, else None."""
-    error: str | None = await db.scalar(
-        select(WhatsAppMessage.error).where(
-            WhatsAppMessage.id == message_id, WhatsAppMessage.status == "failed"
+async def failures_of(
+    db: AsyncSession, *, message_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """The errors of those of these messages that have failed."""
+    if not message_ids:
+        return {}
+    rows = await db.execute(
+        select(MESSAGES.c.id, MESSAGES.c.error).where(
+            MESSAGES.c.id.in_(list(message_ids)), MESSAGES.c.status == "failed"
         )
     )
-    return error
+    return {message_id: error or "failed" for message_id, error in rows}
+
+
+@dataclass(frozen=True)
+class ReceiptIn:
+    """A delivery or read receipt as a back end reported it."""
+
+    whatsapp_message_id: str
+    status: str  # delivered | read
+    at: datetime
+    session_id: uuid.UUID | None = None  # the number it came to; None: any (ids are unique)
 
 
 async def apply_receipt(
@@ -280,39 +368,97 @@ async def apply_receipt(
 
     Returns whether anything changed. "read" implies "delivered", so it fills that too.
     """
-    if status not in ("delivered", "read"):
-        raise ValueError(f"unknown receipt status {status!r}")
-    where = [WhatsAppMessage.whatsapp_message_id == whatsapp_message_id]
-    if session_id is not None:
-        where.append(WhatsAppMessage.session_id == session_id)
-    # Moving forward fills the timestamps in the same statement (the usual case: one UPDATE).
-    values: dict[str, Any] = {
-        "status": status,
-        "delivered_at": _first(WhatsAppMessage.delivered_at, at),
-    }
+    moved = await apply_receipts(
+        db, receipts=[ReceiptIn(whatsapp_message_id, status, at, session_id)]
+    )
+    return bool(moved)
+
+
+async def apply_receipts(db: AsyncSession, *, receipts: Sequence[ReceiptIn]) -> int:
+    """Many receipts (a session's burst, a group of them): per status, delivered before read,
+    one ``UPDATE`` moves forward every message it can, each with its own time; the late or
+    repeated ones then fill only the timestamps still missing. Returns how many moved."""
+    for receipt in receipts:
+        if receipt.status not in ("delivered", "read"):
+            raise ValueError(f"unknown receipt status {receipt.status!r}")
+    groups: dict[tuple[str, bool], dict[tuple[uuid.UUID | None, str], datetime]] = {}
+    for receipt in sorted(receipts, key=lambda r: ORDER[r.status]):
+        group = groups.setdefault((receipt.status, receipt.session_id is None), {})
+        group.setdefault((receipt.session_id, receipt.whatsapp_message_id), receipt.at)
+    moved_count = 0
+    for (status, _), times in groups.items():
+        moved = await _move_forward(db, status=status, times=times)
+        moved_count += len(moved)
+        for (session_id, wamid), at in times.items():
+            if (session_id, wamid) not in moved:
+                await _fill_receipt_times(
+                    db, session_id=session_id, whatsapp_message_id=wamid, status=status, at=at
+                )
+    return moved_count
+
+
+async def _apply_receipt_bursts(db: AsyncSession, bursts: list[Sequence[ReceiptIn]]) -> list[None]:
+    await apply_receipts(db, receipts=[r for burst in bursts for r in burst])
+    return [None] * len(bursts)
+
+
+#: the receipts that reached a group commit together, applied as one (``apply_receipts``)
+RECEIPT_BURSTS: Batch[Sequence[ReceiptIn], None] = Batch("receipts", _apply_receipt_bursts)
+
+
+async def _move_forward(
+    db: AsyncSession, *, status: str, times: Mapping[tuple[uuid.UUID | None, str], datetime]
+) -> set[tuple[uuid.UUID | None, str]]:
+    """One ``UPDATE`` for the receipts of one status, all naming their number or none of them
+    (then the WhatsApp id alone finds the message). Returns the (number, id) pairs moved."""
+    t = MESSAGES
+    # each message its own time (should one id come to two numbers at once, the first time)
+    by_id: dict[str, datetime] = {}
+    for (_, wamid), at in times.items():
+        by_id.setdefault(wamid, at)
+    at = per_row(t.c.whatsapp_message_id, by_id, UTCDateTime())
+    values: dict[str, Any] = {"status": status, "delivered_at": func.coalesce(t.c.delivered_at, at)}
     if status == "read":
-        values["read_at"] = _first(WhatsAppMessage.read_at, at)
-    result = await db.execute(
-        update(WhatsAppMessage)
-        .where(*where, WhatsAppMessage.status.in_(_earlier(status)))
+        values["read_at"] = func.coalesce(t.c.read_at, at)
+    any_number = next(iter(times))[0] is None
+    if any_number:
+        match = t.c.whatsapp_message_id.in_(list(by_id))
+    else:
+        match = tuple_(t.c.session_id, t.c.whatsapp_message_id).in_(list(times))
+    rows = await db.execute(
+        update(t)
+        .where(match, t.c.status.in_(_earlier(status)))
         .values(**values)
+        .returning(t.c.id, t.c.session_id, t.c.whatsapp_message_id)
     )
-    if _changed(result):
-        await _emit_status(db, *where)
-        return True
-    # A late or repeated receipt: only the timestamps still missing.
-    await db.execute(
-        update(WhatsAppMessage)
-        .where(*where, WhatsAppMessage.delivered_at.is_(None), WhatsAppMessage.status != "failed")
-        .values(delivered_at=at)
-    )
+    moved: dict[tuple[uuid.UUID | None, str], uuid.UUID] = {
+        (None if any_number else session_id, wamid): message_id
+        for message_id, session_id, wamid in rows
+    }
+    if moved:
+        await _emit_status(db, WhatsAppMessage.id.in_(set(moved.values())))
+    return set(moved)
+
+
+async def _fill_receipt_times(
+    db: AsyncSession,
+    *,
+    session_id: uuid.UUID | None,
+    whatsapp_message_id: str,
+    status: str,
+    at: datetime,
+) -> None:
+    """A late or repeated receipt: only the timestamps still missing."""
+    t = MESSAGES
+    where: list[ColumnElement[bool]] = [
+        t.c.whatsapp_message_id == whatsapp_message_id,
+        t.c.status != "failed",
+    ]
+    if session_id is not None:
+        where.append(t.c.session_id == session_id)
+    await db.execute(update(t).where(*where, t.c.delivered_at.is_(None)).values(delivered_at=at))
     if status == "read":
-        await db.execute(
-            update(WhatsAppMessage)
-            .where(*where, WhatsAppMessage.read_at.is_(None), WhatsAppMessage.status != "failed")
-            .values(read_at=at)
-        )
-    return False
+        await db.execute(update(t).where(*where, t.c.read_at.is_(None)).values(read_at=at))
 
 
 # ---- opt-outs -------------------------------------------------------------------------------

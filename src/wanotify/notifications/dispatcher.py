@@ -30,7 +30,7 @@ from wanotify import backoff, metrics
 from wanotify.clock import utcnow
 from wanotify.db.audit import record
 from wanotify.db.engine import SessionFactory
-from wanotify.db.group_commit import GroupCommit
+from wanotify.db.group_commit import Batch, GroupCommit
 from wanotify.db.notify import QUEUE_CHANNEL, PgListener
 from wanotify.errors import DomainError
 from wanotify.logs import bind
@@ -81,6 +81,24 @@ class Context:
     timezone: str
 
 
+@dataclass(frozen=True)
+class _Sending:
+    """A message row to write before its send; the notification type when it is a critical
+    one going to an opted-out recipient (audited)."""
+
+    message: messages.Outgoing
+    bypassed_opt_out_type: str | None
+
+
+@dataclass(frozen=True)
+class _Settling:
+    """An outcome on its way to the database, with the time it was reached."""
+
+    row: Notification
+    outcome: Outcome
+    at: datetime
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -97,12 +115,14 @@ class Dispatcher:
         self._subscribed = False
         self.factory = factory
         # Group commit: the message rows written before sends share transactions when many are
-        # ready at once (a send still waits for its row's commit), and so do the settles. Two
-        # flushers, so a send's row never waits behind a group of settles; and a group of rows
-        # is one multi-row INSERT, with no settle's query flushing it piecemeal. ``commits``:
+        # ready at once (a send still waits for its row's commit), and so do the settles; and
+        # each is a ``Batch``, so a group is a few multi-row statements, not a few per item.
+        # Two flushers, so a send's row never waits behind a group of settles. ``commits``:
         # the settles' flusher, shared with the session manager's receipts (the same rows).
         self._before_send = GroupCommit(factory, name="dispatcher-messages")
         self._settles = commits or GroupCommit(factory, name="dispatcher-settles")
+        self._settle_batch = Batch("settles", self._apply_settles)
+        self._message_batch = Batch("message rows", self._record_messages)
         self.sessions = sessions
         self.instance_id = settings.instance_id
         self._wake = asyncio.Event()
@@ -428,9 +448,9 @@ class Dispatcher:
         none_yet: bool = False,
     ) -> Outcome:
 
-        async def write(db: AsyncSession) -> tuple[uuid.UUID, str]:
-            message = await messages.record_outgoing(
-                db,
+        # committed before the send, as ever: a crash after it finds the row (same message id)
+        sending = _Sending(
+            messages.Outgoing(
                 org_id=row.org_id,
                 session_id=session_id,
                 notification_id=row.id,
@@ -439,24 +459,10 @@ class Dispatcher:
                 template_id=row.template_id,
                 sent_by=row.sent_by,
                 none_yet=none_yet,
-                flush=False,  # the group's commit inserts its rows in one statement
-            )
-            if bypassed_opt_out:
-                await record(
-                    db,
-                    org_id=row.org_id,
-                    session_id=session_id,
-                    action="optout.bypassed",
-                    details={
-                        "notification_id": str(row.id),
-                        "notification_type": row.notification_type,
-                        "phone": row.recipient_phone,
-                    },
-                )
-            return message.id, str(message.whatsapp_message_id)
-
-        # committed before the send, as ever: a crash after it finds the row (same message id)
-        message_id, wamid = await self._before_send.run(write)
+            ),
+            row.notification_type if bypassed_opt_out else None,
+        )
+        message_id, wamid = await self._before_send.run_batched(self._message_batch, sending)
         row.message_id = message_id
         if bypassed_opt_out:
             log.warning("critical notification sent to an opted-out recipient")
@@ -483,6 +489,30 @@ class Dispatcher:
             metrics.SEND_SECONDS.observe(time.perf_counter() - started)
         self._send_errors.pop(session_id, None)
         return Outcome("completed", provider_id=sent_id if sent_id != wamid else None)
+
+    @staticmethod
+    async def _record_messages(
+        db: AsyncSession, group: list[_Sending]
+    ) -> list[tuple[uuid.UUID, str]]:
+        """The message rows of a group about to be sent (one multi-row ``INSERT``), and the
+        audit entry of each critical one sent to an opted-out recipient."""
+        ids = await messages.record_outgoing_many(db, outgoing=[s.message for s in group])
+        for sending in group:
+            if sending.bypassed_opt_out_type is None:
+                continue
+            m = sending.message
+            await record(
+                db,
+                org_id=m.org_id,
+                session_id=m.session_id,
+                action="optout.bypassed",
+                details={
+                    "notification_id": str(m.notification_id),
+                    "notification_type": sending.bypassed_opt_out_type,
+                    "phone": m.recipient_phone,
+                },
+            )
+        return ids
 
     @staticmethod
     async def _send_one(
@@ -553,53 +583,10 @@ class Dispatcher:
         return Outcome("pending", reason, retry_in=wait)
 
     async def _settle(self, row: Notification, outcome: Outcome) -> None:
-        now = utcnow()
-
-        async def write(db: AsyncSession) -> Outcome | None:
-            """The outcome as applied, or None if the lease was lost."""
-            final = outcome
-            if final.status == "completed" and row.message_id:
-                # The provider may have reported it failed already (a Cloud API webhook that
-                # overtook this bookkeeping): the notification fails with it.
-                late = await messages.failure_of(db, message_id=row.message_id)
-                if late is not None:
-                    final = Outcome("failed", late)
-            values: dict[str, object] = {"last_error": final.error}
-            if row.message_id:
-                values["message_id"] = row.message_id
-            if final.status == "pending":
-                values["next_attempt_at"] = now + timedelta(seconds=final.retry_in or 0)
-                if final.refund_attempt:
-                    values["attempts"] = Notification.attempts - 1
-            held = await queue.settle(
-                db,
-                notification_id=row.id,
-                instance_id=self.instance_id,
-                now=now,
-                status=final.status,
-                **values,
-            )
-            if not held:
-                return None
-            if row.message_id and final.status == "completed":
-                await messages.mark_sent(
-                    db, message_id=row.message_id, at=now, whatsapp_message_id=final.provider_id
-                )
-            elif row.message_id and final.status == "failed":
-                await messages.mark_failed(
-                    db, message_id=row.message_id, error=final.error or "failed", at=now
-                )
-            if final.status == "failed":
-                await record(
-                    db,
-                    org_id=row.org_id,
-                    action="notification.failed",
-                    details={"notification_id": str(row.id), "error": final.error},
-                )
-            return final
-
-        # a failed group is rolled back and each settle runs again alone (held by its lease)
-        applied = await self._settles.run(write)
+        # settled with the other outcomes ready meanwhile: a few multi-row statements a group
+        # (a failed group is rolled back and each settle runs again alone, held by its lease)
+        settling = _Settling(row, outcome, utcnow())
+        applied = await self._settles.run_batched(self._settle_batch, settling)
         if applied is None:
             log.warning("lease lost before settling; another worker has this notification")
             return
@@ -609,3 +596,90 @@ class Dispatcher:
             log.warning("notification failed: %s", outcome.error)
         elif outcome.status == "pending":
             log.info("notification will be retried: %s", outcome.error)
+
+    async def _apply_settles(
+        self, db: AsyncSession, group: list[_Settling]
+    ) -> list[Outcome | None]:
+        """The outcomes as applied (None: the lease was lost). Sends that went out, the bulk,
+        take four statements for the whole group: the provider-failure check, the queue rows,
+        the messages' ``sent``, and their status events; retries and failures one by one."""
+        # The provider may have reported a send failed already (a Cloud API webhook that
+        # overtook this bookkeeping): the notification fails with it.
+        late = await messages.failures_of(
+            db,
+            message_ids=[
+                s.row.message_id
+                for s in group
+                if s.outcome.status == "completed" and s.row.message_id
+            ],
+        )
+        finals = [
+            Outcome("failed", late[s.row.message_id])
+            if s.outcome.status == "completed" and s.row.message_id in late
+            else s.outcome
+            for s in group
+        ]
+        sent = {
+            s.row.id: (s, final, s.row.message_id)
+            for s, final in zip(group, finals, strict=True)
+            if final.status == "completed" and s.row.message_id is not None
+        }
+        held = await queue.complete_many(
+            db,
+            instance_id=self.instance_id,
+            done={nid: (s.at, message_id) for nid, (s, _, message_id) in sent.items()},
+        )
+        await messages.mark_sent_many(
+            db,
+            sent={
+                message_id: messages.Sent(s.at, final.provider_id)
+                for nid, (s, final, message_id) in sent.items()
+                if nid in held
+            },
+        )
+        applied: list[Outcome | None] = []
+        for settling, final in zip(group, finals, strict=True):
+            if settling.row.id in sent:
+                applied.append(final if settling.row.id in held else None)
+            else:
+                applied.append(await self._settle_one(db, settling, final))
+        return applied
+
+    async def _settle_one(
+        self, db: AsyncSession, settling: _Settling, outcome: Outcome
+    ) -> Outcome | None:
+        """A retry, a deferral or a failure: the queue row, the message, the audit entry."""
+        row, now = settling.row, settling.at
+        values: dict[str, object] = {"last_error": outcome.error}
+        if row.message_id:
+            values["message_id"] = row.message_id
+        if outcome.status == "pending":
+            values["next_attempt_at"] = now + timedelta(seconds=outcome.retry_in or 0)
+            if outcome.refund_attempt:
+                values["attempts"] = Notification.attempts - 1
+        held = await queue.settle(
+            db,
+            notification_id=row.id,
+            instance_id=self.instance_id,
+            now=now,
+            status=outcome.status,
+            **values,
+        )
+        if not held:
+            return None
+        if row.message_id and outcome.status == "completed":
+            await messages.mark_sent(
+                db, message_id=row.message_id, at=now, whatsapp_message_id=outcome.provider_id
+            )
+        elif row.message_id and outcome.status == "failed":
+            await messages.mark_failed(
+                db, message_id=row.message_id, error=outcome.error or "failed", at=now
+            )
+        if outcome.status == "failed":
+            await record(
+                db,
+                org_id=row.org_id,
+                action="notification.failed",
+                details={"notification_id": str(row.id), "error": outcome.error},
+            )
+        return outcome

@@ -19,15 +19,20 @@ paused, or between owners): any instance settles those by the rules (fail at onc
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from wanotify.db.base import UTCDateTime
 from wanotify.db.dialect import skip_locked
+from wanotify.db.per_row import per_row
 from wanotify.notifications.models import Notification
 from wanotify.sessions.models import WhatsAppSession
+
+#: the table itself, for the multi-row statements of the hot path (no ORM bookkeeping)
+QUEUE: Table = Notification.__table__  # type: ignore[assignment]
 
 
 async def claim(
@@ -142,3 +147,30 @@ async def settle(
         .values(status=status, locked_by=None, locked_until=None, updated_at=now, **done, **values)
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+async def complete_many(
+    db: AsyncSession, *, instance_id: str, done: Mapping[uuid.UUID, tuple[datetime, uuid.UUID]]
+) -> set[uuid.UUID]:
+    """``settle`` of a group of sends that went out: notification id → (when, its message).
+    One ``UPDATE`` for all, each row its own time; returns the ids this instance still held
+    (a row whose lease was lost meanwhile is left to its new holder)."""
+    if not done:
+        return set()
+    t = QUEUE
+    at = per_row(t.c.id, {k: v[0] for k, v in done.items()}, UTCDateTime())
+    held = await db.scalars(
+        update(t)
+        .where(t.c.id.in_(list(done)), t.c.status == "processing", t.c.locked_by == instance_id)
+        .values(
+            status="completed",
+            locked_by=None,
+            locked_until=None,
+            last_error=None,
+            message_id=per_row(t.c.id, {k: v[1] for k, v in done.items()}, t.c.message_id.type),
+            updated_at=at,
+            completed_at=at,
+        )
+        .returning(t.c.id)
+    )
+    return set(held)

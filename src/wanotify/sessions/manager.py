@@ -573,19 +573,11 @@ class SessionManager:
             await self._on_incoming(live, event)
 
     async def _apply_receipts(self, live: Live, receipts: Receipts) -> None:
-        session_id = live.session_id
-
-        async def write(db: AsyncSession) -> None:
-            for receipt in receipts.items:
-                await messages.apply_receipt(
-                    db,
-                    whatsapp_message_id=receipt.message_id,
-                    status=receipt.status,
-                    at=receipt.at,
-                    session_id=session_id,
-                )
-
-        await self._commits.run(write)
+        burst = [
+            messages.ReceiptIn(r.message_id, r.status, r.at, live.session_id)
+            for r in receipts.items
+        ]
+        await self._commits.run_batched(messages.RECEIPT_BURSTS, burst)
 
     async def _on_connected(self, live: Live, event: Connected) -> None:
         live.status = "connected"
