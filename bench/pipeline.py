@@ -89,15 +89,16 @@ async def link_orgs(runtime: Runtime, count: int) -> list[uuid.UUID]:
 
 
 async def enqueue(runtime: Runtime, org_id: uuid.UUID, phone: str) -> None:
-    async with runtime.factory() as db:
-        await notifications.enqueue(
-            db,
+    """As ``POST /api/notifications`` does (concurrent calls share transactions)."""
+    await runtime.enqueuer.enqueue(
+        notifications.EnqueueRequest(
             org_id=org_id,
             notification_type="maintenance_due",
             recipient_phone=phone,
             template="maintenance_due",
             message_data=TEMPLATE_VARS,
         )
+    )
     runtime.dispatcher.wake()
 
 

@@ -14,6 +14,7 @@ from wanotify.db.engine import SessionFactory, make_engine, make_session_factory
 from wanotify.db.group_commit import GroupCommit
 from wanotify.db.notify import PgListener
 from wanotify.notifications.dispatcher import Dispatcher
+from wanotify.notifications.enqueuer import Enqueuer
 from wanotify.sessions.events import SessionEventHub
 from wanotify.sessions.manager import SessionManager
 from wanotify.settings import Settings
@@ -84,6 +85,8 @@ class Runtime:
             commits=self.commits,
         )
         self.webhooks = WebhookSender(settings=settings, factory=self.factory, box=self.box)
+        # the API's enqueues: concurrent requests share transactions
+        self.enqueuer = Enqueuer(self.factory)
         self.workers_running = False
 
     def _wake_dispatcher(self, org_id: uuid.UUID) -> None:
@@ -113,6 +116,7 @@ class Runtime:
             await self.dispatcher.stop()
             await self.sessions.stop()
             self.workers_running = False
+        await self.enqueuer.drain()
         await self.engine.dispose()
         if self.lease_engine is not None:
             await self.lease_engine.dispose()

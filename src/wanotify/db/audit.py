@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ForeignKey, Index, String, Uuid
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from wanotify.clock import utcnow
 from wanotify.db.base import Base, JSONType, UTCDateTime, new_id
-from wanotify.requestinfo import current_origin
+from wanotify.requestinfo import ClientOrigin, current_origin
 
 
 class AuditLog(Base):
@@ -44,10 +44,13 @@ async def record(
     actor: str = "system",
     session_id: uuid.UUID | None = None,
     details: dict[str, Any] | None = None,
+    origin: ClientOrigin | Literal["current"] | None = "current",
 ) -> AuditLog:
     """Add an audit entry to the caller's transaction (committed with the change it records),
-    naming the client of the HTTP request being handled, if any."""
-    origin = current_origin()
+    naming the client of the HTTP request being handled, if any. ``origin``: that client as
+    captured earlier, for work done on a request's behalf outside its task (a group commit)."""
+    if origin == "current":
+        origin = current_origin()
     entry = AuditLog(
         org_id=org_id,
         session_id=session_id,

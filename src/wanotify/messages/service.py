@@ -169,7 +169,35 @@ async def create_message(
 ) -> WhatsAppMessage:
     """A notification's message row with its WhatsApp id fixed now (``queued`` when the text is
     accepted up front, ``sending`` when it is made just before the first send)."""
-    message = WhatsAppMessage(
+    message = new_message(
+        org_id=org_id,
+        session_id=session_id,
+        notification_id=notification_id,
+        recipient_phone=recipient_phone,
+        body=body,
+        template_id=template_id,
+        sent_by=sent_by,
+        status=status,
+    )
+    db.add(message)
+    await db.flush()
+    return message
+
+
+def new_message(
+    *,
+    org_id: uuid.UUID,
+    session_id: uuid.UUID | None,
+    notification_id: uuid.UUID,
+    recipient_phone: str,
+    body: str,
+    template_id: uuid.UUID | None,
+    sent_by: uuid.UUID | None,
+    status: str,
+) -> WhatsAppMessage:
+    """``create_message``'s row, not yet added: the caller adds a group of them and flushes
+    once (one multi-row ``INSERT``)."""
+    return WhatsAppMessage(
         id=new_id(),
         org_id=org_id,
         session_id=session_id,
@@ -182,9 +210,6 @@ async def create_message(
         template_id=template_id,
         sent_by=sent_by,
     )
-    db.add(message)
-    await db.flush()
-    return message
 
 
 async def mark_sent(

@@ -131,6 +131,9 @@ class Dispatcher:
         self.idle = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
+        #: when the first pending row not claimed is due (read with the last short claim)
+        self._next_due: datetime | None = None
+        self._slots_full = False  # the loop waits for a send to finish
         self._stopping = False
         self._last_sweep = 0.0
         # pacing: one decision at a time per number, and sends decided but not yet recorded
@@ -202,38 +205,46 @@ class Dispatcher:
             try:
                 await self._sweep_expired()
                 await self._release_waiting()
-                claimed = await self._claim()
+                more = await self._claim()
             except Exception:
                 log.exception("claim failed; retrying after the poll interval")
-                claimed = -1
-            if claimed > 0 and self._free_slots() > 0:
+                self._next_due = None
+                more = False
+            if more and self._free_slots() > 0:
                 continue
             await self._sleep()
 
     def _free_slots(self) -> int:
         return self.settings.dispatch_concurrency - len(self._inflight)
 
-    async def _claim(self) -> int:
+    async def _claim(self) -> bool:
+        """Claim what is due, as many as there are free slots. True when the batch came back
+        full (there may be more); else the next due time is known (``_next_due``), read in the
+        same transaction, so the loop can sleep until then without asking again."""
         free = self._free_slots()
         if free <= 0:
-            return 0
+            return False
+        limit = min(free, self.settings.dispatch_batch_size)
+        blocked = self._blocked_orgs()
         async with self.factory() as db, db.begin():
             rows = await queue.claim(
                 db,
                 instance_id=self.instance_id,
-                limit=min(free, self.settings.dispatch_batch_size),
+                limit=limit,
                 lease_seconds=self.settings.notification_lease_seconds,
                 now=utcnow(),
-                skip_orgs=self._blocked_orgs(),
+                skip_orgs=blocked,
             )
             contexts = await self._contexts(db, rows) if rows else {}
+            full = len(rows) == limit
+            self._next_due = None if full else await queue.next_due(db, skip_orgs=blocked)
         for row in rows:
             task = asyncio.create_task(
                 self._process(row, contexts[row.id]), name=f"notification-{row.id}"
             )
             self._inflight.add(task)
             task.add_done_callback(self._finished)
-        return len(rows)
+        return full
 
     async def _contexts(
         self, db: AsyncSession, rows: list[Notification]
@@ -277,22 +288,23 @@ class Dispatcher:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self.wake()
+        if self._slots_full:  # the loop waits for a free slot: this is one
+            self.wake()
 
     async def _sleep(self) -> None:
         if self._free_slots() <= 0:
-            await self._wake.wait()  # a send finishing sets it
+            self._slots_full = True
+            try:
+                await self._wake.wait()  # a send finishing sets it
+            finally:
+                self._slots_full = False
             return
         timeout = self.settings.dispatch_poll_seconds
-        with contextlib.suppress(Exception):
-            blocked = self._blocked_orgs()
-            async with self.factory() as db:
-                due = await queue.next_due(db, skip_orgs=blocked)
-            if due is not None:
-                timeout = max(0.0, min(timeout, (due - utcnow()).total_seconds()))
-            if blocked:  # wake when the first block ends
-                ends = min(self._blocked.values())
-                timeout = max(0.0, min(timeout, (ends - utcnow()).total_seconds()))
+        if self._next_due is not None:
+            timeout = max(0.0, min(timeout, (self._next_due - utcnow()).total_seconds()))
+        if self._blocked_orgs():  # wake when the first block ends
+            ends = min(self._blocked.values())
+            timeout = max(0.0, min(timeout, (ends - utcnow()).total_seconds()))
         if timeout > 0 and not self._wake.is_set():
             self.idle.set()
         with contextlib.suppress(TimeoutError):
@@ -591,6 +603,8 @@ class Dispatcher:
             log.warning("lease lost before settling; another worker has this notification")
             return
         outcome = applied
+        if outcome.status == "pending":  # due again later: the loop's next wake-up may move
+            self.wake()
         metrics.PROCESSED.labels(outcome.status).inc()
         if outcome.status == "failed":
             log.warning("notification failed: %s", outcome.error)

@@ -11,6 +11,7 @@ from wanotify.auth.dependencies import Member, Viewer
 from wanotify.db.engine import SessionDep
 from wanotify.deps import SettingsDep
 from wanotify.notifications import service
+from wanotify.notifications.enqueuer import Enqueuer
 from wanotify.notifications.schemas import (
     NotificationIn,
     NotificationOut,
@@ -25,6 +26,11 @@ from wanotify.templates.service import as_uuid
 router = APIRouter(tags=["notifications"])
 
 QueueStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+
+
+def _enqueuer(request: Request) -> Enqueuer:
+    enqueuer: Enqueuer = request.app.state.runtime.enqueuer
+    return enqueuer
 
 
 def _wake(request: Request) -> None:
@@ -42,26 +48,28 @@ def _wake(request: Request) -> None:
 async def enqueue(
     body: NotificationIn,
     principal: Member,
-    db: SessionDep,
     settings: SettingsDep,
     request: Request,
     response: Response,
 ) -> NotificationOut:
-    result = await service.enqueue(
-        db,
-        org_id=principal.org_id,
-        notification_type=body.notification_type,
-        recipient_phone=to_e164(
-            body.recipient_phone, default_region=settings.default_region, field="recipient_phone"
-        ),
-        template=body.template,
-        message_data=body.message_data,
-        priority=body.priority,
-        scheduled_for=body.scheduled_for,
-        idempotency_key=body.idempotency_key,
-        max_attempts=body.max_attempts or settings.max_attempts,
-        sent_by=principal.user_id,
-        actor=principal.actor,
+    result = await _enqueuer(request).enqueue(
+        service.EnqueueRequest(
+            org_id=principal.org_id,
+            notification_type=body.notification_type,
+            recipient_phone=to_e164(
+                body.recipient_phone,
+                default_region=settings.default_region,
+                field="recipient_phone",
+            ),
+            template=body.template,
+            message_data=body.message_data,
+            priority=body.priority,
+            scheduled_for=body.scheduled_for,
+            idempotency_key=body.idempotency_key,
+            max_attempts=body.max_attempts or settings.max_attempts,
+            sent_by=principal.user_id,
+            actor=principal.actor,
+        )
     )
     if result.created:
         _wake(request)
@@ -124,24 +132,24 @@ async def retry(
 async def send_text(
     body: SendTextIn,
     principal: Member,
-    db: SessionDep,
     settings: SettingsDep,
     request: Request,
     response: Response,
 ) -> SendAccepted:
     """Send a text now: queued at high priority; the message id is known at once."""
-    result = await service.enqueue(
-        db,
-        org_id=principal.org_id,
-        notification_type=service.TEXT_TYPE,
-        recipient_phone=to_e164(body.to, default_region=settings.default_region, field="to"),
-        text=body.text,
-        priority=service.SEND_NOW_PRIORITY,
-        idempotency_key=body.idempotency_key,
-        max_attempts=settings.max_attempts,
-        sent_by=principal.user_id,
-        actor=principal.actor,
-        create_message=True,
+    result = await _enqueuer(request).enqueue(
+        service.EnqueueRequest(
+            org_id=principal.org_id,
+            notification_type=service.TEXT_TYPE,
+            recipient_phone=to_e164(body.to, default_region=settings.default_region, field="to"),
+            text=body.text,
+            priority=service.SEND_NOW_PRIORITY,
+            idempotency_key=body.idempotency_key,
+            max_attempts=settings.max_attempts,
+            sent_by=principal.user_id,
+            actor=principal.actor,
+            create_message=True,
+        )
     )
     return _accepted(result, request, response)
 
@@ -150,24 +158,24 @@ async def send_text(
 async def send_template(
     body: SendTemplateIn,
     principal: Member,
-    db: SessionDep,
     settings: SettingsDep,
     request: Request,
     response: Response,
 ) -> SendAccepted:
-    result = await service.enqueue(
-        db,
-        org_id=principal.org_id,
-        notification_type="template" if as_uuid(body.template) else body.template,
-        recipient_phone=to_e164(body.to, default_region=settings.default_region, field="to"),
-        template=body.template,
-        message_data=body.variables,
-        priority=service.SEND_NOW_PRIORITY,
-        idempotency_key=body.idempotency_key,
-        max_attempts=settings.max_attempts,
-        sent_by=principal.user_id,
-        actor=principal.actor,
-        create_message=True,
+    result = await _enqueuer(request).enqueue(
+        service.EnqueueRequest(
+            org_id=principal.org_id,
+            notification_type="template" if as_uuid(body.template) else body.template,
+            recipient_phone=to_e164(body.to, default_region=settings.default_region, field="to"),
+            template=body.template,
+            message_data=body.variables,
+            priority=service.SEND_NOW_PRIORITY,
+            idempotency_key=body.idempotency_key,
+            max_attempts=settings.max_attempts,
+            sent_by=principal.user_id,
+            actor=principal.actor,
+            create_message=True,
+        )
     )
     return _accepted(result, request, response)
 

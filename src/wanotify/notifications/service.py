@@ -4,7 +4,8 @@ a bad number, template or variable is refused, never queued to fail later."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -14,15 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.clock import utcnow
 from wanotify.db.audit import record
+from wanotify.db.base import new_id
 from wanotify.db.pagination import Page, newest_first
-from wanotify.errors import Conflict, InvalidInput, NotFound
+from wanotify.errors import Conflict, DomainError, InvalidInput, NotFound
 from wanotify.messages import service as messages
 from wanotify.messages.models import WhatsAppMessage
 from wanotify.notifications.models import Notification
 from wanotify.notifications.schemas import WHATSAPP_MAX_TEXT
+from wanotify.requestinfo import ClientOrigin, current_origin
 from wanotify.sessions import service as sessions
 from wanotify.templates import rendering
 from wanotify.templates import service as templates
+from wanotify.templates.models import WhatsAppTemplate
 
 TEXT_TYPE = "text"
 SEND_NOW_PRIORITY = 100
@@ -35,13 +39,43 @@ class Enqueued:
     message: WhatsAppMessage | None = None
 
 
+@dataclass(frozen=True)
+class EnqueueRequest:
+    """One notification to queue, as ``enqueue`` takes it: a value, so a group of them can be
+    queued together (``enqueue_group``)."""
+
+    org_id: uuid.UUID
+    notification_type: str
+    recipient_phone: str
+    template: str | uuid.UUID | None = None
+    text: str | None = None
+    message_data: dict[str, Any] | None = None
+    priority: int = 0
+    scheduled_for: datetime | None = None
+    idempotency_key: str | None = None
+    max_attempts: int = 3
+    sent_by: uuid.UUID | None = None
+    actor: str = "system"
+    create_message: bool = False
+    #: the HTTP client asking, for the audit entry: captured where the request is made
+    origin: ClientOrigin | None = field(default_factory=current_origin)
+
+
 async def _existing(db: AsyncSession, org_id: uuid.UUID, key: str) -> Notification | None:
-    row: Notification | None = await db.scalar(
+    return (await _existing_many(db, org_id, [key])).get(key)
+
+
+async def _existing_many(
+    db: AsyncSession, org_id: uuid.UUID, keys: Collection[str]
+) -> dict[str, Notification]:
+    if not keys:
+        return {}
+    rows = await db.scalars(
         select(Notification).where(
-            Notification.org_id == org_id, Notification.idempotency_key == key
+            Notification.org_id == org_id, Notification.idempotency_key.in_(list(keys))
         )
     )
-    return row
+    return {row.idempotency_key: row for row in rows if row.idempotency_key}
 
 
 async def enqueue(
@@ -67,72 +101,155 @@ async def enqueue(
     ``queued``, its WhatsApp id and rendered text fixed now) is created too, so the caller gets
     a message id at once: what is sent is what was accepted.
     """
-    if idempotency_key:
-        found = await _existing(db, org_id, idempotency_key)
-        if found is not None:
-            return Enqueued(found, created=False)
-    data = dict(message_data or {})
-    template_id: uuid.UUID | None = None
-    if template is not None:
-        row = await templates.resolve(db, org_id=org_id, ref=template)
-        rendering.check_variables(declared=row.variables, given=data)
-        body = rendering.render(source=row.message_template, variables=data, declared=row.variables)
-        template_id = row.id
-    elif text is not None:
-        if len(text) > WHATSAPP_MAX_TEXT:
-            raise InvalidInput(f"text is {len(text)} characters; WhatsApp allows 4096")
-        data = {"text": text}
-        body = text
-    else:
-        raise InvalidInput("either a template or a text is required")
-    now = utcnow()
-    notification = Notification(
+    request = EnqueueRequest(
         org_id=org_id,
         notification_type=notification_type,
         recipient_phone=recipient_phone,
+        template=template,
+        text=text,
+        message_data=message_data,
+        priority=priority,
+        scheduled_for=scheduled_for,
+        idempotency_key=idempotency_key,
+        max_attempts=max_attempts,
+        sent_by=sent_by,
+        actor=actor,
+        create_message=create_message,
+    )
+    try:
+        (result,) = await enqueue_group(db, requests=[request])
+        if isinstance(result, DomainError):
+            raise result
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        if found := await already_queued(db, request):
+            return found
+        raise
+    return result
+
+
+async def already_queued(db: AsyncSession, request: EnqueueRequest) -> Enqueued | None:
+    """After a unique violation: the notification another caller queued first with the same
+    idempotency key, if that is what the violation was."""
+    if request.idempotency_key is None:
+        return None
+    found = await _existing(db, request.org_id, request.idempotency_key)
+    return Enqueued(found, created=False) if found else None
+
+
+async def enqueue_group(
+    db: AsyncSession, *, requests: Sequence[EnqueueRequest]
+) -> list[Enqueued | DomainError]:
+    """Validate and queue many notifications of ONE org in the caller's transaction (no
+    commit): a few queries for the group (idempotency keys, templates, the session), then
+    one flush, which inserts the notifications, the message rows and the audit entries with
+    one multi-row ``INSERT`` each. A request refused (bad template or variables) gets its error
+    in its place and queues nothing; the others go on."""
+    org_id = requests[0].org_id
+    if any(r.org_id != org_id for r in requests):
+        raise ValueError("enqueue_group takes the requests of one org")
+    existing = await _existing_many(
+        db, org_id, {r.idempotency_key for r in requests if r.idempotency_key}
+    )
+    refs = {r.template for r in requests if r.template is not None}
+    found = await templates.resolve_many(db, org_id=org_id, refs=refs) if refs else {}
+    session_id: uuid.UUID | None = None
+    if any(r.create_message for r in requests):
+        session = await sessions.get_for_org(db, org_id=org_id)
+        session_id = session.id if session else None
+    now = utcnow()
+    results: list[Enqueued | DomainError] = []
+    for request in requests:
+        key = request.idempotency_key
+        if key and key in existing:  # the same key again: the first notification
+            results.append(Enqueued(existing[key], created=False))
+            continue
+        try:
+            template_id, data, body = _validated(request, found)
+        except DomainError as exc:
+            results.append(exc)
+            continue
+        enqueued = await _new(db, request, template_id, data, body, now=now, session_id=session_id)
+        if key:
+            existing[key] = enqueued.notification
+        results.append(enqueued)
+    await db.flush()
+    return results
+
+
+def _validated(
+    request: EnqueueRequest, found: Mapping[str | uuid.UUID, WhatsAppTemplate | DomainError]
+) -> tuple[uuid.UUID | None, dict[str, Any], str]:
+    """(template id, variables, rendered text), or the ``DomainError`` refusing the request."""
+    data = dict(request.message_data or {})
+    if request.template is not None:
+        template = found[request.template]
+        if isinstance(template, DomainError):
+            raise template
+        rendering.check_variables(declared=template.variables, given=data)
+        body = rendering.render(
+            source=template.message_template, variables=data, declared=template.variables
+        )
+        return template.id, data, body
+    if request.text is not None:
+        if len(request.text) > WHATSAPP_MAX_TEXT:
+            raise InvalidInput(f"text is {len(request.text)} characters; WhatsApp allows 4096")
+        return None, {"text": request.text}, request.text
+    raise InvalidInput("either a template or a text is required")
+
+
+async def _new(
+    db: AsyncSession,
+    request: EnqueueRequest,
+    template_id: uuid.UUID | None,
+    data: dict[str, Any],
+    body: str,
+    *,
+    now: datetime,
+    session_id: uuid.UUID | None,
+) -> Enqueued:
+    """The rows of one accepted request, added to the session for the group's flush."""
+    notification = Notification(
+        id=new_id(),
+        org_id=request.org_id,
+        notification_type=request.notification_type,
+        recipient_phone=request.recipient_phone,
         template_id=template_id,
         message_data=data,
         status="pending",
-        priority=priority,
-        scheduled_for=scheduled_for,
-        next_attempt_at=max(scheduled_for, now) if scheduled_for else now,
-        max_attempts=max_attempts,
-        idempotency_key=idempotency_key,
-        sent_by=sent_by,
+        priority=request.priority,
+        scheduled_for=request.scheduled_for,
+        next_attempt_at=max(request.scheduled_for, now) if request.scheduled_for else now,
+        max_attempts=request.max_attempts,
+        idempotency_key=request.idempotency_key,
+        sent_by=request.sent_by,
         created_at=now,
         updated_at=now,
     )
     db.add(notification)
-    try:
-        await db.flush()
-    except IntegrityError:
-        await db.rollback()
-        if idempotency_key and (found := await _existing(db, org_id, idempotency_key)):
-            return Enqueued(found, created=False)
-        raise
     message = None
-    if create_message:
-        session = await sessions.get_for_org(db, org_id=org_id)
-        message = await messages.create_message(
-            db,
-            org_id=org_id,
-            session_id=session.id if session else None,
+    if request.create_message:
+        message = messages.new_message(
+            org_id=request.org_id,
+            session_id=session_id,
             notification_id=notification.id,
-            recipient_phone=recipient_phone,
+            recipient_phone=request.recipient_phone,
             body=body,
             template_id=template_id,
-            sent_by=sent_by,
+            sent_by=request.sent_by,
             status="queued",
         )
+        db.add(message)
         notification.message_id = message.id
     await record(
         db,
-        org_id=org_id,
-        actor=actor,
+        org_id=request.org_id,
+        actor=request.actor,
         action="notification.enqueued",
-        details={"notification_id": str(notification.id), "type": notification_type},
+        details={"notification_id": str(notification.id), "type": request.notification_type},
+        origin=request.origin,
     )
-    await db.commit()
     return Enqueued(notification, created=True, message=message)
 
 

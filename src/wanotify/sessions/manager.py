@@ -702,8 +702,13 @@ class SessionManager:
         instance holds the lease; if it was lost, the socket is closed instead."""
         owner = self.instance_id if live is not None else None
         async with self.factory() as db:
+            # Locked (PostgreSQL; SQLite's writer lock does the same): two writes of one session
+            # at once (an adoption's "connecting", the socket's "connected") would otherwise
+            # both read the old status, and the host app would not hear of the second change.
             before = await db.scalar(
-                select(WhatsAppSession.status).where(WhatsAppSession.id == session_id)
+                select(WhatsAppSession.status)
+                .where(WhatsAppSession.id == session_id)
+                .with_for_update()
             )
             # The row as written comes back from the UPDATE itself (RETURNING): no re-reads.
             row = await service.write_state(db, session_id=session_id, owner=owner, **values)

@@ -12,7 +12,7 @@ import keyword
 import re
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.clock import utcnow
 from wanotify.db.audit import record
-from wanotify.errors import Conflict, Forbidden, InvalidInput, NotFound
+from wanotify.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from wanotify.templates import rendering
 from wanotify.templates.models import CATEGORIES, WhatsAppTemplate
 
@@ -80,29 +80,49 @@ async def resolve(
     A name finds the org's own template first, then the system one (an org template with a
     system template's name overrides it). Another org's template is not found.
     """
-    row: WhatsAppTemplate | None
-    template_id = as_uuid(ref)
-    if template_id is not None:
-        row = await db.scalar(
+    found = (await resolve_many(db, org_id=org_id, refs=[ref], require_active=require_active))[ref]
+    if isinstance(found, DomainError):
+        raise found
+    return found
+
+
+async def resolve_many(
+    db: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    refs: Collection[str | uuid.UUID],
+    require_active: bool = True,
+) -> dict[str | uuid.UUID, WhatsAppTemplate | DomainError]:
+    """``resolve`` of many references of one org in one query: each one's template, or the
+    error that refusing it would raise (not found, inactive)."""
+    ids = {ref: as_uuid(ref) for ref in refs}
+    by_id = [i for i in ids.values() if i is not None]
+    by_name = [str(ref) for ref, i in ids.items() if i is None]
+    rows = list(
+        await db.scalars(
             select(WhatsAppTemplate).where(
-                WhatsAppTemplate.id == template_id,
+                or_(WhatsAppTemplate.id.in_(by_id), WhatsAppTemplate.name.in_(by_name)),
                 or_(WhatsAppTemplate.org_id == org_id, WhatsAppTemplate.org_id.is_(None)),
             )
         )
-    else:
-        rows = await db.scalars(
-            select(WhatsAppTemplate).where(
-                WhatsAppTemplate.name == str(ref),
-                or_(WhatsAppTemplate.org_id == org_id, WhatsAppTemplate.org_id.is_(None)),
+    )
+    found: dict[str | uuid.UUID, WhatsAppTemplate | DomainError] = {}
+    for ref, template_id in ids.items():
+        if template_id is not None:
+            matches = [t for t in rows if t.id == template_id]
+        else:  # the org's own first
+            matches = sorted(
+                (t for t in rows if t.name == str(ref)), key=lambda t: t.org_id is None
             )
-        )
-        found = sorted(rows, key=lambda t: t.org_id is None)  # the org's own first
-        row = found[0] if found else None
-    if row is None:
-        raise NotFound(f"template {ref!s} not found", field="template")
-    if require_active and not row.is_active:
-        raise InvalidInput(f"template {row.name} is inactive and cannot be sent", field="template")
-    return row
+        if not matches:
+            found[ref] = NotFound(f"template {ref!s} not found", field="template")
+        elif require_active and not matches[0].is_active:
+            found[ref] = InvalidInput(
+                f"template {matches[0].name} is inactive and cannot be sent", field="template"
+            )
+        else:
+            found[ref] = matches[0]
+    return found
 
 
 def as_uuid(ref: str | uuid.UUID) -> uuid.UUID | None:
