@@ -9,6 +9,8 @@ process, each run in a database of its own (created on the PostgreSQL server, th
 
 Figures (one row each):
 
+- ``enqueue``: N notifications over M orgs enqueued 16 at a time (as concurrent API requests
+  would, through the runtime's enqueuer) with the dispatcher stopped.
 - ``drain``: N notifications over M orgs are enqueued with the dispatcher stopped, then the
   dispatcher is started and timed until every one is completed (comparable with the peers'
   drain of N no-op jobs enqueued in bulk).
@@ -25,12 +27,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -130,22 +133,21 @@ def _phone(block: int, n: int) -> str:
     return f"+1{202 + block}555{n % 10000:04d}"
 
 
-async def drain(
-    runtime: Runtime, org_ids: list[uuid.UUID], n: int, done: int, profile: str = ""
-) -> tuple[float, float, float]:
-    """Returns notifications/s, this process's CPU milliseconds per notification and SQL
-    statements per notification (including the receipts and the bench's own polling)."""
-    await runtime.dispatcher.stop()
-    await bounded(
-        [(lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(0, i))) for i in range(n)],
-        16,
-    )
-    profiler = None
-    if profile:
-        from pyinstrument import Profiler
+@dataclass
+class Rate:
+    """A timed phase: per second, and this process's CPU ms and SQL statements per item."""
 
-        profiler = Profiler(async_mode="disabled")
-        profiler.start()
+    per_second: float
+    cpu_ms: float
+    statements: float
+
+    @property
+    def note(self) -> str:
+        return f"{self.cpu_ms:.1f} ms CPU, {self.statements:.1f} SQL statements each"
+
+
+@contextlib.asynccontextmanager
+async def timed(runtime: Runtime, n: int, into: list[Rate]) -> AsyncIterator[None]:
     statements = [0]
 
     def count(*_: object) -> None:
@@ -153,15 +155,45 @@ async def drain(
 
     event.listen(runtime.engine.sync_engine, "before_cursor_execute", count)
     started, cpu = time.perf_counter(), time.process_time()
-    await runtime.dispatcher.start()
-    await until_done(runtime, done + n)
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    event.remove(runtime.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield
+    finally:
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        event.remove(runtime.engine.sync_engine, "before_cursor_execute", count)
+    into.append(Rate(n / elapsed, cpu * 1000 / n, statements[0] / n))
+
+
+async def drain(
+    runtime: Runtime, org_ids: list[uuid.UUID], n: int, done: int, profile: str = ""
+) -> tuple[Rate, Rate]:
+    """The enqueue phase (16 at a time, dispatcher stopped) and the drain: notifications/s,
+    this process's CPU milliseconds and SQL statements per notification (the drain's include
+    the receipts and the bench's own polling)."""
+    await runtime.dispatcher.stop()
+    rates: list[Rate] = []
+    async with timed(runtime, n, rates):
+        await bounded(
+            [
+                (lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(0, i)))
+                for i in range(n)
+            ],
+            16,
+        )
+    profiler = None
+    if profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(async_mode="disabled")
+        profiler.start()
+    async with timed(runtime, n, rates):
+        await runtime.dispatcher.start()
+        await until_done(runtime, done + n)
     if profiler:
         profiler.stop()
         Path(profile).write_text(profiler.output_html())  # noqa: ASYNC240
         print(profiler.output_text(unicode=False, color=False, show_all=False))
-    return n / elapsed, cpu * 1000 / n, statements[0] / n
+    enqueued, drained = rates
+    return enqueued, drained
 
 
 async def end_to_end(runtime: Runtime, org_ids: list[uuid.UUID], n: int, done: int) -> float:
@@ -218,7 +250,7 @@ async def ours(args: argparse.Namespace, database_url: str, backend: str) -> lis
     try:
         org_ids = await link_orgs(runtime, args.orgs)
         profile = args.profile if backend == "postgresql" else ""
-        drained, cpu_ms, per = await drain(runtime, org_ids, args.notifications, 0, profile)
+        enqueued, drained = await drain(runtime, org_ids, args.notifications, 0, profile)
         e2e = await end_to_end(runtime, org_ids, args.notifications, args.notifications)
         rate = args.load * e2e
         latencies, achieved = await steady(
@@ -227,13 +259,8 @@ async def ours(args: argparse.Namespace, database_url: str, backend: str) -> lis
     finally:
         await runtime.stop()
     return [
-        Row(
-            backend,
-            "drain",
-            args.notifications,
-            drained,
-            note=f"{cpu_ms:.1f} ms CPU, {per:.1f} SQL statements each",
-        ),
+        Row(backend, "enqueue", args.notifications, enqueued.per_second, note=enqueued.note),
+        Row(backend, "drain", args.notifications, drained.per_second, note=drained.note),
         Row(backend, "end-to-end", args.notifications, e2e),
         Row(
             backend,

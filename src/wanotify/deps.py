@@ -1,4 +1,7 @@
-"""Request-level dependencies every router shares that are not about the database or users."""
+"""Request-level dependencies every router shares that are not about the database or users.
+
+Dependencies are ``async def`` even when they await nothing: FastAPI runs a plain ``def``
+dependency in its thread pool, a thread hop per request for reading an attribute."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from fastapi import Depends, Request
 from wanotify.settings import Settings
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

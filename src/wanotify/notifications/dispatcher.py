@@ -300,8 +300,11 @@ class Dispatcher:
                 self._slots_full = False
             return
         timeout = self.settings.dispatch_poll_seconds
-        if self._next_due is not None:
-            timeout = max(0.0, min(timeout, (self._next_due - utcnow()).total_seconds()))
+        due_in = (self._next_due - utcnow()).total_seconds() if self._next_due else None
+        # A row already due that the claim left is another instance's (its number's owner
+        # claims it); a wake-up, not a spin, brings the loop back for anything of ours.
+        if due_in is not None and due_in > 0:
+            timeout = min(timeout, due_in)
         if self._blocked_orgs():  # wake when the first block ends
             ends = min(self._blocked.values())
             timeout = max(0.0, min(timeout, (ends - utcnow()).total_seconds()))

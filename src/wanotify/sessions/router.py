@@ -26,7 +26,7 @@ from wanotify.sessions.schemas import PairingIn, PairingOut, SessionOut, Session
 router = APIRouter(tags=["sessions"])
 
 
-def get_manager(request: Request) -> SessionManager:
+async def get_manager(request: Request) -> SessionManager:
     manager: SessionManager = request.app.state.session_manager
     return manager
 

@@ -20,7 +20,7 @@ from wanotify.transports.simulator_remote import NetworkHost
 router = APIRouter(prefix="/sim/net", tags=["simulator"])
 
 
-def get_host(request: Request, network: NetworkDep) -> NetworkHost:
+async def get_host(request: Request, network: NetworkDep) -> NetworkHost:
     host: NetworkHost | None = getattr(request.app.state, "sim_network_host", None)
     if host is None or host.network is not network:
         host = request.app.state.sim_network_host = NetworkHost(network)
@@ -30,7 +30,7 @@ def get_host(request: Request, network: NetworkDep) -> NetworkHost:
 HostDep = Annotated[NetworkHost, Depends(get_host)]
 
 
-def _hosted(conn: str, host: HostDep) -> SimulatorConnection:
+async def _hosted(conn: str, host: HostDep) -> SimulatorConnection:
     try:
         return host.get(conn)
     except KeyError:

@@ -19,7 +19,7 @@ from wanotify.transports.simulator import SimulatorNetwork
 router = APIRouter(prefix="/sim", tags=["simulator"])
 
 
-def get_network(request: Request) -> SimulatorNetwork:
+async def get_network(request: Request) -> SimulatorNetwork:
     network = getattr(request.app.state.runtime.transport, "network", None)
     if not isinstance(network, SimulatorNetwork):
         raise NotFound("the simulator is not the active transport")
@@ -60,7 +60,7 @@ class FaultsIn(BaseModel):
     )
 
 
-def _phone(phone: str, settings: SettingsDep) -> str:
+async def _phone(phone: str, settings: SettingsDep) -> str:
     return to_e164(phone, default_region=settings.default_region, lenient=True)
 
 

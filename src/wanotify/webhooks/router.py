@@ -17,7 +17,7 @@ from wanotify.webhooks.targets import TargetPolicy
 router = APIRouter(tags=["webhooks"])
 
 
-def get_box(request: Request) -> SecretBox:
+async def get_box(request: Request) -> SecretBox:
     box: SecretBox = request.app.state.runtime.box
     return box
 
