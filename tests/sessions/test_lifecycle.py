@@ -275,7 +275,8 @@ async def test_viewer_cannot_manage_the_session(
 
 async def test_unscanned_qr_gives_up_with_a_reason(settings: Settings) -> None:
     settings.sim_qr_rotate_seconds = 0.05
-    settings.sim_qr_timeout_seconds = 0.2
+    # ~20 rotations before it gives up: a loaded machine still sees one (0.2 s was too tight)
+    settings.sim_qr_timeout_seconds = 1.0
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)

@@ -139,6 +139,11 @@ async def record_outgoing_many(
 
 
 def _new_row(o: Outgoing, now: datetime) -> dict[str, Any]:
+    return {**_fields(o, status="sending"), "created_at": now}
+
+
+def _fields(o: Outgoing, *, status: str) -> dict[str, Any]:
+    """A new message row's columns: its own id and WhatsApp id, fixed now."""
     return {
         "id": new_id(),
         "org_id": o.org_id,
@@ -147,11 +152,10 @@ def _new_row(o: Outgoing, now: datetime) -> dict[str, Any]:
         "recipient_phone": o.recipient_phone,
         "message_type": "template" if o.template_id else "text",
         "message_body": o.body,
-        "status": "sending",
+        "status": status,
         "whatsapp_message_id": new_whatsapp_message_id(),
         "template_id": o.template_id,
         "sent_by": o.sent_by,
-        "created_at": now,
     }
 
 
@@ -170,13 +174,15 @@ async def create_message(
     """A notification's message row with its WhatsApp id fixed now (``queued`` when the text is
     accepted up front, ``sending`` when it is made just before the first send)."""
     message = new_message(
-        org_id=org_id,
-        session_id=session_id,
-        notification_id=notification_id,
-        recipient_phone=recipient_phone,
-        body=body,
-        template_id=template_id,
-        sent_by=sent_by,
+        Outgoing(
+            org_id=org_id,
+            session_id=session_id,
+            notification_id=notification_id,
+            recipient_phone=recipient_phone,
+            body=body,
+            template_id=template_id,
+            sent_by=sent_by,
+        ),
         status=status,
     )
     db.add(message)
@@ -184,32 +190,10 @@ async def create_message(
     return message
 
 
-def new_message(
-    *,
-    org_id: uuid.UUID,
-    session_id: uuid.UUID | None,
-    notification_id: uuid.UUID,
-    recipient_phone: str,
-    body: str,
-    template_id: uuid.UUID | None,
-    sent_by: uuid.UUID | None,
-    status: str,
-) -> WhatsAppMessage:
+def new_message(outgoing: Outgoing, *, status: str) -> WhatsAppMessage:
     """``create_message``'s row, not yet added: the caller adds a group of them and flushes
     once (one multi-row ``INSERT``)."""
-    return WhatsAppMessage(
-        id=new_id(),
-        org_id=org_id,
-        session_id=session_id,
-        notification_id=notification_id,
-        recipient_phone=recipient_phone,
-        message_type="template" if template_id else "text",
-        message_body=body,
-        status=status,
-        whatsapp_message_id=new_whatsapp_message_id(),
-        template_id=template_id,
-        sent_by=sent_by,
-    )
+    return WhatsAppMessage(**_fields(outgoing, status=status))
 
 
 async def mark_sent(

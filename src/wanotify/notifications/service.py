@@ -230,7 +230,7 @@ async def _new(
     db.add(notification)
     message = None
     if request.create_message:
-        message = messages.new_message(
+        outgoing = messages.Outgoing(
             org_id=request.org_id,
             session_id=session_id,
             notification_id=notification.id,
@@ -238,8 +238,8 @@ async def _new(
             body=body,
             template_id=template_id,
             sent_by=request.sent_by,
-            status="queued",
         )
+        message = messages.new_message(outgoing, status="queued")
         db.add(message)
         notification.message_id = message.id
     await record(
