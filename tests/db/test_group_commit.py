@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from wanotify.db.engine import SessionFactory, make_engine, make_session_factory
-from wanotify.db.group_commit import Batch, GroupCommit
+from wanotify.db.group_commit import Batch, GroupCommit, Unit
 from wanotify.settings import Settings
 
 
@@ -53,6 +53,20 @@ def insert(key: int, label: str = "") -> Any:
         return key * 10
 
     return unit
+
+
+def held(unit: Unit[int]) -> tuple[Unit[int], asyncio.Event, asyncio.Event]:
+    """``unit``, held once started until ``release`` is set: what queues meanwhile goes in the
+    next group. Returns the held unit, ``started`` and ``release``."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(db: AsyncSession) -> int:
+        started.set()
+        await release.wait()
+        result: int = await unit(db)
+        return result
+
+    return slow, started, release
 
 
 async def stored(factory: SessionFactory) -> list[int]:
@@ -111,13 +125,7 @@ async def test_what_queues_during_a_flush_goes_in_the_next_group(
     factory: SessionFactory, begins: list[int]
 ) -> None:
     commits = GroupCommit(factory)
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(db: AsyncSession) -> int:
-        started.set()
-        await release.wait()
-        return await insert(100)(db)
-
+    slow, started, release = held(insert(100))
     first = asyncio.create_task(commits.run(slow))
     await started.wait()
     later = [asyncio.create_task(commits.run(insert(i))) for i in range(20)]
@@ -132,13 +140,7 @@ async def test_a_caller_cancelled_before_its_unit_ran_is_left_out(
     factory: SessionFactory,
 ) -> None:
     commits = GroupCommit(factory)
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(db: AsyncSession) -> int:
-        started.set()
-        await release.wait()
-        return await insert(1)(db)
-
+    slow, started, release = held(insert(1))
     first = asyncio.create_task(commits.run(slow))
     await started.wait()
     gone = asyncio.create_task(commits.run(insert(2)))
@@ -171,13 +173,7 @@ async def test_a_batch_applies_its_items_of_a_group_in_one_call(
 ) -> None:
     commits, calls = GroupCommit(factory), []
     batch = probe_batch(calls)
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(db: AsyncSession) -> int:
-        started.set()
-        await release.wait()
-        return await insert(1000)(db)
-
+    slow, started, release = held(insert(1000))
     first = asyncio.create_task(commits.run(slow))
     await started.wait()
     # queued while the first flush runs: units and batch items mixed, one group

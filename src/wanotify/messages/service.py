@@ -121,8 +121,7 @@ async def record_outgoing_many(
     """``record_outgoing`` of a group about to be sent: (message id, WhatsApp id) of each. The
     new rows (``none_yet``) go in ONE multi-row ``INSERT`` of plain rows, no ORM objects; a
     retry's existing row is found and reused one by one."""
-    now = utcnow()
-    new = [_new_row(o, now) for o in outgoing if o.none_yet]
+    new = [_fields(o, status="sending") for o in outgoing if o.none_yet]
     if new:
         await db.execute(MESSAGES.insert(), new)
     made = iter(new)
@@ -138,12 +137,9 @@ async def record_outgoing_many(
     return ids
 
 
-def _new_row(o: Outgoing, now: datetime) -> dict[str, Any]:
-    return {**_fields(o, status="sending"), "created_at": now}
-
-
 def _fields(o: Outgoing, *, status: str) -> dict[str, Any]:
-    """A new message row's columns: its own id and WhatsApp id, fixed now."""
+    """A new message row's columns: its own id and WhatsApp id, fixed now (``created_at`` is
+    the column's default)."""
     return {
         "id": new_id(),
         "org_id": o.org_id,

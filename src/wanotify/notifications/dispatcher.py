@@ -462,7 +462,6 @@ class Dispatcher:
         bypassed_opt_out: bool,
         none_yet: bool = False,
     ) -> Outcome:
-
         # committed before the send, as ever: a crash after it finds the row (same message id)
         sending = _Sending(
             messages.Outgoing(
@@ -665,7 +664,8 @@ class Dispatcher:
     async def _settle_one(
         self, db: AsyncSession, settling: _Settling, outcome: Outcome
     ) -> Outcome | None:
-        """A retry, a deferral or a failure: the queue row, the message, the audit entry."""
+        """A retry, a deferral or a failure (a send that went out is settled with its group in
+        ``_apply_settles``): the queue row, the message, the audit entry."""
         row, now = settling.row, settling.at
         values: dict[str, object] = {"last_error": outcome.error}
         if row.message_id:
@@ -684,11 +684,7 @@ class Dispatcher:
         )
         if not held:
             return None
-        if row.message_id and outcome.status == "completed":
-            await messages.mark_sent(
-                db, message_id=row.message_id, at=now, whatsapp_message_id=outcome.provider_id
-            )
-        elif row.message_id and outcome.status == "failed":
+        if row.message_id and outcome.status == "failed":
             await messages.mark_failed(
                 db, message_id=row.message_id, error=outcome.error or "failed", at=now
             )

@@ -13,6 +13,8 @@ turn (``scope_to_org``) before that org's statements, as a request's own session
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -57,13 +59,12 @@ class Enqueuer:
 
     @staticmethod
     async def _apply(db: AsyncSession, group: list[EnqueueRequest]) -> list[Enqueued | DomainError]:
-        by_org: dict[object, list[int]] = {}
+        by_org: dict[uuid.UUID, list[int]] = {}
         for index, request in enumerate(group):
             by_org.setdefault(request.org_id, []).append(index)
-        results: list[Enqueued | DomainError | None] = [None] * len(group)
-        for indexes in by_org.values():
-            await scope_to_org(db, group[indexes[0]].org_id)
+        results: dict[int, Enqueued | DomainError] = {}
+        for org_id, indexes in by_org.items():
+            await scope_to_org(db, org_id)
             out = await enqueue_group(db, requests=[group[i] for i in indexes])
-            for index, result in zip(indexes, out, strict=True):
-                results[index] = result
-        return [r for r in results if r is not None]
+            results.update(zip(indexes, out, strict=True))
+        return [results[index] for index in range(len(group))]

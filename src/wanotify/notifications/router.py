@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
 from wanotify.auth.dependencies import Member, Viewer
+from wanotify.auth.service import Principal
 from wanotify.db.engine import SessionDep
 from wanotify.deps import SettingsDep
 from wanotify.notifications import service
@@ -21,6 +22,7 @@ from wanotify.notifications.schemas import (
     SendTextIn,
 )
 from wanotify.phones import to_e164
+from wanotify.settings import Settings
 from wanotify.templates.service import as_uuid
 
 router = APIRouter(tags=["notifications"])
@@ -137,21 +139,16 @@ async def send_text(
     response: Response,
 ) -> SendAccepted:
     """Send a text now: queued at high priority; the message id is known at once."""
-    result = await _enqueuer(request).enqueue(
-        service.EnqueueRequest(
-            org_id=principal.org_id,
-            notification_type=service.TEXT_TYPE,
-            recipient_phone=to_e164(body.to, default_region=settings.default_region, field="to"),
-            text=body.text,
-            priority=service.SEND_NOW_PRIORITY,
-            idempotency_key=body.idempotency_key,
-            max_attempts=settings.max_attempts,
-            sent_by=principal.user_id,
-            actor=principal.actor,
-            create_message=True,
-        )
+    return await _send_now(
+        request,
+        response,
+        principal,
+        settings,
+        to=body.to,
+        idempotency_key=body.idempotency_key,
+        notification_type=service.TEXT_TYPE,
+        text=body.text,
     )
-    return _accepted(result, request, response)
 
 
 @router.post("/api/messages/send-template", response_model=SendAccepted, status_code=202)
@@ -162,25 +159,50 @@ async def send_template(
     request: Request,
     response: Response,
 ) -> SendAccepted:
+    return await _send_now(
+        request,
+        response,
+        principal,
+        settings,
+        to=body.to,
+        idempotency_key=body.idempotency_key,
+        notification_type="template" if as_uuid(body.template) else body.template,
+        template=body.template,
+        message_data=body.variables,
+    )
+
+
+async def _send_now(
+    request: Request,
+    response: Response,
+    principal: Principal,
+    settings: Settings,
+    *,
+    to: str,
+    idempotency_key: str | None,
+    notification_type: str,
+    text: str | None = None,
+    template: str | None = None,
+    message_data: dict[str, Any] | None = None,
+) -> SendAccepted:
+    """Queue at high priority with the message row made now (its id in the answer); 200 with
+    the first one for a repeated idempotency key."""
     result = await _enqueuer(request).enqueue(
         service.EnqueueRequest(
             org_id=principal.org_id,
-            notification_type="template" if as_uuid(body.template) else body.template,
-            recipient_phone=to_e164(body.to, default_region=settings.default_region, field="to"),
-            template=body.template,
-            message_data=body.variables,
+            notification_type=notification_type,
+            recipient_phone=to_e164(to, default_region=settings.default_region, field="to"),
             priority=service.SEND_NOW_PRIORITY,
-            idempotency_key=body.idempotency_key,
+            idempotency_key=idempotency_key,
             max_attempts=settings.max_attempts,
             sent_by=principal.user_id,
             actor=principal.actor,
             create_message=True,
+            text=text,
+            template=template,
+            message_data=message_data,
         )
     )
-    return _accepted(result, request, response)
-
-
-def _accepted(result: service.Enqueued, request: Request, response: Response) -> SendAccepted:
     if result.created:
         _wake(request)
     else:
