@@ -215,6 +215,15 @@ class SessionManager:
         async with self.factory() as db:
             row, _ = await service.get_or_create(db, org_id=org_id)
             await record(db, org_id=org_id, session_id=row.id, actor=actor, action="session.init")
+            # Hold the lease before the session is wanted: else another instance's adoption
+            # pass could claim it in between, and this init return while that one connects.
+            await cluster.take_lease(
+                db,
+                session_id=row.id,
+                instance_id=self.instance_id,
+                lease_until=self._lease_end(),
+                now=utcnow(),
+            )
             await db.commit()
         await self._write(org_id, row.id, want_connected=True)
         async with self._lock:

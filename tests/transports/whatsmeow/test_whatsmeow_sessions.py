@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from tests.support import Org, eventually, message_with_status, session_status
+from tests.support import Org, eventually, message, message_with_status, session_status
 from tests.transports.whatsmeow_fake import CRASH_FILE, fake_supervisor
 
 from wanotify.app import create_app
@@ -141,8 +141,14 @@ async def test_sent_delivered_read_and_stop(
     await fake(runtime, "reply", conn=conn_of(runtime, org), phone=CUSTOMER, text="STOP")
 
     async def opted_out() -> dict[str, Any] | None:
+        # one sent before the STOP has landed goes out: try again with the next
         mid = await send(client, org, "one more")
-        body = await message_with_status(client, org, mid, "failed")
+
+        async def finished() -> dict[str, Any] | None:
+            body = await message(client, org, mid)
+            return body if body["status"] in ("sent", "failed") else None
+
+        body = await eventually(finished, what=f"message {mid} finished")
         return body if "opted out" in str(body.get("error")) else None
 
     await eventually(opted_out, what="STOP applied")
