@@ -9,12 +9,12 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ForeignKey, Index, String, Uuid
+from sqlalchemy import ForeignKey, Index, String, Table, Uuid
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from wanotify.clock import utcnow
-from wanotify.db.base import Base, JSONType, UTCDateTime, new_id
+from wanotify.db.base import Base, JSONType, UTCDateTime, complete_row, new_id
 from wanotify.requestinfo import ClientOrigin, current_origin
 
 
@@ -36,6 +36,9 @@ class AuditLog(Base):
     user_agent: Mapped[str | None] = mapped_column(String(300))
 
 
+AUDIT_LOGS: Table = AuditLog.__table__  # type: ignore[assignment]
+
+
 async def record(
     db: AsyncSession,
     *,
@@ -49,16 +52,44 @@ async def record(
     """Add an audit entry to the caller's transaction (committed with the change it records),
     naming the client of the HTTP request being handled, if any. ``origin``: that client as
     captured earlier, for work done on a request's behalf outside its task (a group commit)."""
-    if origin == "current":
-        origin = current_origin()
     entry = AuditLog(
-        org_id=org_id,
-        session_id=session_id,
-        actor=actor,
-        action=action,
-        details=details or {},
-        ip_address=origin.ip if origin else None,
-        user_agent=origin.user_agent if origin else None,
+        **entry_fields(
+            org_id=org_id,
+            action=action,
+            actor=actor,
+            session_id=session_id,
+            details=details,
+            origin=origin,
+        )
     )
     db.add(entry)
     return entry
+
+
+def entry_fields(
+    *,
+    org_id: uuid.UUID,
+    action: str,
+    actor: str = "system",
+    session_id: uuid.UUID | None = None,
+    details: dict[str, Any] | None = None,
+    origin: ClientOrigin | Literal["current"] | None = "current",
+) -> dict[str, Any]:
+    """An audit entry's columns, for ``record`` or for a group's multi-row ``insert_entries``."""
+    if origin == "current":
+        origin = current_origin()
+    return {
+        "org_id": org_id,
+        "session_id": session_id,
+        "actor": actor,
+        "action": action,
+        "details": details or {},
+        "ip_address": origin.ip if origin else None,
+        "user_agent": origin.user_agent if origin else None,
+    }
+
+
+async def insert_entries(db: AsyncSession, entries: list[dict[str, Any]]) -> None:
+    """Many audit entries (``entry_fields``) in ONE multi-row ``INSERT``, no ORM objects."""
+    if entries:
+        await db.execute(AUDIT_LOGS.insert(), [complete_row(AUDIT_LOGS, e) for e in entries])

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator
+from sqlalchemy import JSON, DateTime, MetaData, Table, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
@@ -52,6 +52,26 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+def complete_row(table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every other column of ``table`` filled as an ORM flush would (its
+    Python default, else None): a row for a core multi-row ``INSERT`` that an object can also
+    be built from, so what the caller returns is exactly what was written."""
+    row = dict(values)
+    for column in table.columns:
+        if column.key in row:
+            continue
+        default = column.default
+        if default is None:
+            row[column.key] = None
+        elif default.is_scalar:
+            row[column.key] = default.arg  # type: ignore[attr-defined]
+        elif default.is_callable:
+            row[column.key] = default.arg(None)  # type: ignore[attr-defined]
+        else:
+            raise ValueError(f"{table.name}.{column.key}: a SQL default is not known here")
+    return row
 
 
 class Base(DeclarativeBase):

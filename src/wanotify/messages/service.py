@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from wanotify.clock import utcnow
-from wanotify.db.base import UTCDateTime, new_id
+from wanotify.db.base import UTCDateTime, complete_row, new_id
 from wanotify.db.dialect import insert
 from wanotify.db.group_commit import Batch
 from wanotify.db.pagination import Page, newest_first
@@ -187,9 +187,14 @@ async def create_message(
 
 
 def new_message(outgoing: Outgoing, *, status: str) -> WhatsAppMessage:
-    """``create_message``'s row, not yet added: the caller adds a group of them and flushes
-    once (one multi-row ``INSERT``)."""
+    """``create_message``'s row, not yet added."""
     return WhatsAppMessage(**_fields(outgoing, status=status))
+
+
+def message_row(outgoing: Outgoing, *, status: str) -> dict[str, Any]:
+    """A new message's every column, for a group's multi-row ``INSERT`` (``MESSAGES``); the
+    caller's ``WhatsAppMessage(**row)`` is then what was written."""
+    return complete_row(MESSAGES, _fields(outgoing, status=status))
 
 
 async def mark_sent(
