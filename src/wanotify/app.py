@@ -9,6 +9,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from wanotify import __version__, health, problems
+from wanotify.auth.keycache import KeyCache
 from wanotify.auth.router import router as auth_router
 from wanotify.bodylimit import BodySizeLimit
 from wanotify.cloud.router import router as cloud_router
@@ -58,6 +59,7 @@ def create_app(
     app.state.session_manager = rt.sessions
     app.state.session_hub = rt.hub
     app.state.dispatcher = rt.dispatcher
+    app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
 
     problems.install(app)
     app.state.rate_limiter = Limiter(settings)  # inside CORS, so a 429 carries its headers

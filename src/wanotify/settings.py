@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         default="", description="SQLAlchemy async URL; empty means SQLite in the data dir"
     )
     instance_id: str = Field(default_factory=_default_instance_id)
+    db_pool_size: int = Field(
+        default=20, ge=1, description="PostgreSQL connections each instance keeps open"
+    )
+    db_max_overflow: int = Field(
+        default=10, ge=0, description="PostgreSQL connections opened beyond the pool at a peak"
+    )
 
     # HTTP
     host: str = "127.0.0.1"
@@ -55,6 +61,12 @@ class Settings(BaseSettings):
     supabase_jwks_url: str = ""
     supabase_jwks_file: str = ""
     supabase_jwks_cache_seconds: int = 300
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long an instance trusts an API key it has checked (0: every request "
+        "looks it up); a key revoked on another instance works there this much longer",
+    )
     supabase_issuer: str = ""
     supabase_audience: str = "authenticated"
 

@@ -10,33 +10,55 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from wanotify.auth.keycache import KeyCache
 from wanotify.auth.roles import Role, at_least
 from wanotify.auth.service import Principal, principal_for
 from wanotify.db.engine import SessionDep
 from wanotify.db.rls import scope_to_org
 from wanotify.deps import SettingsDep
 from wanotify.errors import Forbidden, Unauthorized
+from wanotify.settings import Settings
 
 
-async def get_principal(request: Request, db: SessionDep, settings: SettingsDep) -> Principal:
+async def get_key_cache(request: Request) -> KeyCache:
+    cache: KeyCache = request.app.state.key_cache
+    return cache
+
+
+KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
+
+
+async def get_principal(
+    request: Request, db: SessionDep, settings: SettingsDep, keys: KeyCacheDep
+) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    principal = keys.get(token)
+    if principal is None:  # not trusted lately: look it up (and trust it for a while)
+        principal = await _look_up(db, settings, token)
+        keys.put(token, principal)
+    # Row-level security: the rest of the request reads and writes the caller's org only.
+    await scope_to_org(db, principal.org_id)
+    request.state.principal = principal
+    return principal
+
+
+async def _look_up(db: AsyncSession, settings: Settings, token: str) -> Principal:
     # End the lookup's transaction: on SQLite it holds the write lock, and the handler may open
     # sessions of its own (the session manager does). A lookup that failed is rolled back, not
     # committed: after a lost connection (PostgreSQL restarting) a commit would raise "can't
     # reconnect until invalid transaction is rolled back" in place of the real error.
     try:
-        principal = await principal_for(db, settings, bearer=token.strip())
+        principal = await principal_for(db, settings, bearer=token)
     except BaseException:
         await db.rollback()
         raise
     await db.commit()
-    # Row-level security: the rest of the request reads and writes the caller's org only.
-    await scope_to_org(db, principal.org_id)
-    request.state.principal = principal
     return principal
 
 

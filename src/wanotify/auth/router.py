@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter, status
 
 from wanotify.auth import service
-from wanotify.auth.dependencies import Admin, CurrentUser
+from wanotify.auth.dependencies import Admin, CurrentUser, KeyCacheDep
 from wanotify.auth.roles import at_least
 from wanotify.auth.schemas import ApiKeyCreated, ApiKeyIn, ApiKeyOut, LoginIn, MeOut, TokenOut
 from wanotify.db.engine import SessionDep
@@ -56,9 +56,12 @@ async def create_key(body: ApiKeyIn, principal: Admin, db: SessionDep) -> ApiKey
 
 
 @router.delete("/api/api-keys/{key_id}", response_model=ApiKeyOut)
-async def revoke_key(key_id: uuid.UUID, principal: Admin, db: SessionDep) -> ApiKeyOut:
+async def revoke_key(
+    key_id: uuid.UUID, principal: Admin, db: SessionDep, keys: KeyCacheDep
+) -> ApiKeyOut:
     row = await service.revoke_api_key(
         db, org_id=principal.org_id, key_id=key_id, actor=principal.actor
     )
     await db.commit()
+    keys.forget(row.id)
     return ApiKeyOut.model_validate(row)

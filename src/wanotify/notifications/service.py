@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -62,6 +62,12 @@ class EnqueueRequest:
     origin: ClientOrigin | None = field(default_factory=current_origin)
 
 
+_BY_KEYS = select(Notification).where(
+    Notification.org_id == bindparam("org"),
+    Notification.idempotency_key.in_(bindparam("keys", expanding=True)),
+)
+
+
 async def _existing(db: AsyncSession, org_id: uuid.UUID, key: str) -> Notification | None:
     return (await _existing_many(db, org_id, [key])).get(key)
 
@@ -71,11 +77,7 @@ async def _existing_many(
 ) -> dict[str, Notification]:
     if not keys:
         return {}
-    rows = await db.scalars(
-        select(Notification).where(
-            Notification.org_id == org_id, Notification.idempotency_key.in_(list(keys))
-        )
-    )
+    rows = await db.scalars(_BY_KEYS, {"org": org_id, "keys": list(keys)})
     return {row.idempotency_key: row for row in rows if row.idempotency_key}
 
 
@@ -144,8 +146,9 @@ async def enqueue_group(
 ) -> list[Enqueued | DomainError]:
     """Validate and queue many notifications of ONE org in the caller's transaction (no
     commit): a few queries for the group (idempotency keys, templates, the session), then the
-    notifications, the message rows and the audit entries with one multi-row ``INSERT`` each. A request refused (bad template or variables) gets its error
-    in its place and queues nothing; the others go on."""
+    notifications, the message rows and the audit entries with one multi-row ``INSERT`` each.
+    A request refused (bad template or variables) gets its error in its place and queues
+    nothing; the others go on."""
     org_id = requests[0].org_id
     if any(r.org_id != org_id for r in requests):
         raise ValueError("enqueue_group takes the requests of one org")

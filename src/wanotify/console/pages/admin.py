@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
 from wanotify.auth import service as auth
+from wanotify.auth.dependencies import KeyCacheDep
 from wanotify.auth.roles import RANK, at_least
 from wanotify.auth.service import Principal
 from wanotify.console.web import (
@@ -79,12 +80,13 @@ async def api_key_create(request: Request, principal: User, db: SessionDep) -> R
 
 @router.post("/api-keys/{key_id}/revoke")
 async def api_key_revoke(
-    request: Request, key_id: uuid.UUID, principal: User, db: SessionDep
+    request: Request, key_id: uuid.UUID, principal: User, db: SessionDep, keys: KeyCacheDep
 ) -> Response:
     await read_form(request)
     need(principal, "admin")
     await auth.revoke_api_key(db, org_id=principal.org_id, key_id=key_id, actor=principal.actor)
     await db.commit()
+    keys.forget(key_id)
     return see_other("/api-keys?notice=revoked")
 
 
