@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import httpx
 import pytest
@@ -10,9 +11,12 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, PendingRollbackError
 from sqlalchemy.ext.asyncio import create_async_engine
+from tests.support import eventually
 
 from wanotify import problems
+from wanotify.db.engine import make_engine
 from wanotify.db.outage import is_unavailable
+from wanotify.settings import Settings
 
 
 class DriverError(Exception):
@@ -85,6 +89,36 @@ async def test_a_connection_cut_by_postgresql_is_recognised() -> None:
         assert is_unavailable(cut.value)
     finally:
         await engine.dispose()
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced_without_an_error(
+    tmp_path: Path,
+) -> None:
+    """No round trip per checkout (pool_pre_ping) is spent on this: the checkout sees that the
+    server closed the connection (a restart, a crash) and the pool opens a new one."""
+    admin_url = os.environ.get("WANOTIFY_TEST_DATABASE_URL", "")
+    if not admin_url:
+        pytest.skip("PostgreSQL tests need WANOTIFY_TEST_DATABASE_URL (.ci/run sets it)")
+    settings = Settings(_env_file=None, data_dir=tmp_path, database_url=admin_url)  # type: ignore[call-arg]
+    engine = make_engine(settings, pool_size=1, max_overflow=0)
+    killer = create_async_engine(admin_url)
+    try:
+        async with engine.connect() as conn:
+            first = await conn.scalar(text("SELECT pg_backend_pid()"))
+            pooled = (await conn.get_raw_connection()).driver_connection
+        async with killer.connect() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+
+        async def closed() -> bool:
+            return bool(pooled.is_closed())
+
+        await eventually(closed, what="the pooled connection closed by the server")
+        async with engine.connect() as conn:  # the same pool of one: no error, a new backend
+            again = await conn.scalar(text("SELECT pg_backend_pid()"))
+        assert again != first
+    finally:
+        await engine.dispose()
+        await killer.dispose()
 
 
 async def test_the_api_answers_503_while_the_database_is_unreachable() -> None:

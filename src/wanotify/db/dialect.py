@@ -8,6 +8,8 @@
 - PostgreSQL sessions take a row-level-security scope (role + org) per transaction
   (``db/rls.py``); SQLite has no RLS, and ``WANOTIFY_RLS=false`` turns it off.
 - ``NOTIFY`` (wake other instances) exists only on PostgreSQL.
+- PostgreSQL's pooled connections are checked at checkout without a round trip: one the server
+  has closed is replaced.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from sqlalchemy import Text, cast, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
@@ -31,6 +34,16 @@ def is_sqlite(engine: AsyncEngine | Engine) -> bool:
 def configure_engine(engine: AsyncEngine) -> None:
     """Apply per-dialect connection setup once, right after the engine is made."""
     if not is_sqlite(engine):
+
+        @event.listens_for(engine.sync_engine, "checkout")
+        def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+            # In place of pool_pre_ping's round trip per checkout (one per transaction): a
+            # connection the server closed (a restart, a crash, pg_terminate_backend) is known
+            # closed as soon as the event loop has read its end, and the pool opens a new one.
+            # One cut silently (no FIN) fails its first statement; that invalidates the pool.
+            if dbapi_connection.driver_connection.is_closed():
+                raise DisconnectionError("the server closed this pooled connection")
+
         return
 
     @event.listens_for(engine.sync_engine, "connect")

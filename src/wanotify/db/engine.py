@@ -35,7 +35,6 @@ def make_engine(
             url,
             pool_size=settings.db_pool_size if pool_size is None else pool_size,
             max_overflow=settings.db_max_overflow if max_overflow is None else max_overflow,
-            pool_pre_ping=True,
         )
     configure_engine(engine)
     return engine
