@@ -38,6 +38,7 @@ ORG_SETTING = "wanotify.org_id"
 # session.info keys
 ORG_KEY = "wanotify_org_id"
 SCOPE_KEY = "wanotify_scope"
+APPLIED_KEY = "wanotify_scope_applied"  # what this transaction's connection was last told
 WORKER = "worker"
 
 # Every org table and the column that names its org. A new org table must be added here and
@@ -168,14 +169,26 @@ def scope_params(info: dict[str, Any]) -> dict[str, str]:
 
 @event.listens_for(ScopedSession, "after_begin")
 def _take_scope(session: Session, _transaction: SessionTransaction, connection: Connection) -> None:
-    connection.execute(SET_SCOPE, scope_params(session.info))
+    params = scope_params(session.info)
+    connection.execute(SET_SCOPE, params)
+    session.info[APPLIED_KEY] = params
+
+
+@event.listens_for(ScopedSession, "after_soft_rollback")
+def _forget_scope(session: Session, _previous: SessionTransaction) -> None:
+    # A rollback (to a savepoint too) may have undone the last SET: the next change says it again.
+    session.info.pop(APPLIED_KEY, None)
 
 
 async def _reapply(db: AsyncSession) -> None:
-    """The transaction in progress (if any) takes the session's new scope at once."""
+    """The transaction in progress (if any) takes the session's new scope at once. One begun
+    but not yet on a connection takes it as it connects (``_take_scope``): not said twice."""
     if isinstance(db.sync_session, ScopedSession) and db.in_transaction():
         conn = await db.connection()
-        await conn.execute(SET_SCOPE, scope_params(db.info))
+        wanted = scope_params(db.info)
+        if db.info.get(APPLIED_KEY) != wanted:
+            await conn.execute(SET_SCOPE, wanted)
+            db.info[APPLIED_KEY] = wanted
 
 
 async def scope_to_org(db: AsyncSession, org_id: uuid.UUID | None) -> None:

@@ -99,6 +99,13 @@ class _Settling:
     at: datetime
 
 
+def _first_try(row: Notification) -> bool:
+    """Claimed for the first time, never deferred, no error before and no message made at
+    enqueue: no message row can exist for it. (A row whose worker died after recording its
+    message comes back with that attempt counted, and a deferral leaves its reason.)"""
+    return row.attempts == 1 and row.message_id is None and row.last_error is None
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -261,17 +268,18 @@ class Dispatcher:
                 select(WhatsAppTemplate).where(WhatsAppTemplate.id.in_(template_ids))
             )
             templates = {t.id: t for t in found}
-        existing = await messages.of_notifications(db, notification_ids=[row.id for row in rows])
-        policies = await pacing.policies_for(db, org_ids=org_ids, settings=self.settings)
-        zones = await pacing.org_timezones(db, org_ids=org_ids)
+        # A row claimed for the first time, never deferred, has no message row yet.
+        tried = [row.id for row in rows if not _first_try(row)]
+        existing = await messages.of_notifications(db, notification_ids=tried) if tried else {}
+        pacing_of = await pacing.policies_for(db, org_ids=org_ids, settings=self.settings)
         return {
             row.id: Context(
                 session=by_org.get(row.org_id),
                 opted_out=(row.org_id, row.recipient_phone) in opted_out,
                 template=templates.get(row.template_id) if row.template_id else None,
                 message=existing.get(row.id),
-                policy=policies[row.org_id],
-                timezone=zones[row.org_id],
+                policy=pacing_of[row.org_id][0],
+                timezone=pacing_of[row.org_id][1],
             )
             for row in rows
         }

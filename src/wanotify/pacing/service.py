@@ -102,23 +102,24 @@ async def policy_for(db: AsyncSession, *, org_id: uuid.UUID, settings: Settings)
 
 async def policies_for(
     db: AsyncSession, *, org_ids: Collection[uuid.UUID], settings: Settings
-) -> dict[uuid.UUID, Policy]:
-    """``policy_for`` of many orgs in one query (the dispatcher reads a claimed batch's)."""
-    rows = await db.scalars(select(SendingPolicy).where(SendingPolicy.org_id.in_(org_ids)))
-    found = {row.org_id: {name: getattr(row, name) for name in FIELDS} for row in rows}
-    return {
-        org_id: to_policy(found.get(org_id) or defaults(settings), enforced=settings.pacing)
-        for org_id in org_ids
+) -> dict[uuid.UUID, tuple[Policy, str]]:
+    """``policy_for`` and ``org_timezone`` of many orgs in one query (the dispatcher reads a
+    claimed batch's, inside its claim: one round trip fewer before the first send)."""
+    rows = await db.execute(
+        select(_ORGS.c.id, _ORGS.c.timezone, SendingPolicy)
+        .select_from(_ORGS)
+        .outerjoin(SendingPolicy, SendingPolicy.org_id == _ORGS.c.id)
+        .where(_ORGS.c.id.in_(org_ids))
+    )
+    found: dict[uuid.UUID, tuple[dict[str, Any] | None, str]] = {
+        org_id: ({name: getattr(row, name) for name in FIELDS} if row else None, zone or "UTC")
+        for org_id, zone, row in rows
     }
-
-
-async def org_timezones(
-    db: AsyncSession, *, org_ids: Collection[uuid.UUID]
-) -> dict[uuid.UUID, str]:
-    """``org_timezone`` of many orgs in one query."""
-    rows = await db.execute(select(_ORGS.c.id, _ORGS.c.timezone).where(_ORGS.c.id.in_(org_ids)))
-    zones: dict[uuid.UUID, str] = {org_id: zone or "UTC" for org_id, zone in rows}
-    return {org_id: zones.get(org_id, "UTC") for org_id in org_ids}
+    result: dict[uuid.UUID, tuple[Policy, str]] = {}
+    for org_id in org_ids:
+        values, zone = found.get(org_id, (None, "UTC"))
+        result[org_id] = (to_policy(values or defaults(settings), enforced=settings.pacing), zone)
+    return result
 
 
 async def org_timezone(db: AsyncSession, *, org_id: uuid.UUID) -> str:
