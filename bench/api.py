@@ -10,7 +10,8 @@ low.
     python bench/api.py                        # 1,000 requests/s for 10 s
     python bench/api.py --rate 300 --seconds 20
     python bench/api.py --workers              # serve with the dispatcher and sessions running
-    python bench/api.py --profile stacks.txt   # py-spy the server (collapsed stacks)
+    python bench/api.py --processes 2          # two serve processes share the port
+    python bench/api.py --profile stacks.txt   # py-spy the (first) server (collapsed stacks)
 
 Prints a table: offered and achieved rate, p50/p99/max latency, errors (non-2xx, timeouts).
 """
@@ -26,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,19 +81,16 @@ def cli(env: dict[str, str], *args: str) -> dict[str, str]:
     return data
 
 
-async def wait_listening(port: int, server: asyncio.subprocess.Process, within: float) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if server.returncode is not None:
-            raise RuntimeError(f"wanotify serve exited with {server.returncode}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.1)
-            continue
-        writer.close()
-        return
-    raise TimeoutError("wanotify serve did not listen in time")
+async def start_server(command: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``wanotify serve --json``, returned once it listens (its one line on stdout)."""
+    server = await asyncio.create_subprocess_exec(
+        *command, "--json", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    assert server.stdout is not None
+    line = await asyncio.wait_for(server.stdout.readline(), 60)
+    if not line:
+        raise RuntimeError(f"wanotify serve exited with {await server.wait()}")
+    return server
 
 
 @dataclass
@@ -207,14 +204,14 @@ async def main(args: argparse.Namespace) -> None:
             "basic",
         )
         key = cli(env, "admin", "create-api-key", "--org", org["org_id"], "--name", "bench")
-        command = [WANOTIFY, "serve"]
+        command = [WANOTIFY, "serve", "--reuse-port"]
         if not args.workers:
             command.append("--workers-off")
-        server = await asyncio.create_subprocess_exec(
-            *command, env=env, stdout=asyncio.subprocess.DEVNULL
-        )
+        servers: list[asyncio.subprocess.Process] = []
         try:
-            await wait_listening(port, server, 60)
+            for _ in range(args.processes):  # one after another: the first one migrates
+                servers.append(await start_server(command, env))
+            server = servers[0]
             # warm-up: connections, prepared statements, caches
             await offer(port, key["key"], min(args.rate, 100), 1.0, args.connections, 10)
             spy = None
@@ -239,19 +236,23 @@ async def main(args: argparse.Namespace) -> None:
             if spy is not None:
                 await spy.wait()
         finally:
-            server.terminate()
-            await asyncio.wait_for(server.wait(), 30)
+            for server in servers:
+                server.terminate()
+                await asyncio.wait_for(server.wait(), 30)
     lat = results.latencies_ms
     errors = sum(results.errors.values())
     print()
-    print("| offered/s | achieved/s | ok | errors | p50 ms | p99 ms | max ms | workers |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| offered/s | achieved/s | ok | errors | p50 ms | p99 ms | max ms | workers | processes |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     detail = f" {results.errors}" if errors else ""
     print(
         f"| {args.rate:,.0f} | {achieved:,.0f} | {len(lat):,} | {errors}{detail} | "
         f"{statistics.median(lat) if lat else float('nan'):.1f} | "
         f"{percentile(lat, 0.99) if lat else float('nan'):.1f} | "
-        f"{max(lat) if lat else float('nan'):.1f} | {'on' if args.workers else 'off'} |"
+        f"{max(lat) if lat else float('nan'):.1f} | {'on' if args.workers else 'off'} | "
+        f"{args.processes} |"
     )
     print(f"\nconnections={args.connections} load average {os.getloadavg()[0]:.2f} (1 min)")
 
@@ -265,4 +266,7 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
     parser.add_argument("--profile", default="", help="py-spy collapsed stacks of the server")
     parser.add_argument("--workers", action="store_true", help="serve without --workers-off")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="serve processes sharing the port (--reuse-port)"
+    )
     asyncio.run(main(parser.parse_args()))

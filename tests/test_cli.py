@@ -652,6 +652,33 @@ def test_serve_and_worker_run_until_sigterm(empty_env: dict[str, str]) -> None:
 
 
 @pytest.mark.e2e
+def test_serve_processes_share_a_port_with_reuse_port(empty_env: dict[str, str]) -> None:
+    """Several HTTP-only processes on one port (more cores for the API); the port stays
+    served while one of them stops. Without the option the second is refused."""
+    port = str(free_port())
+    serving = [
+        _start(empty_env, "serve", "--port", port, "--workers-off", "--reuse-port", "--json")
+    ]
+    try:
+        url = json.loads(_printed(serving[0]))["url"]
+        assert "cannot listen on 127.0.0.1:" in error(empty_env, "serve", "--port", port)
+        serving.append(
+            _start(empty_env, "serve", "--port", port, "--workers-off", "--reuse-port", "--json")
+        )
+        assert json.loads(_printed(serving[1]))["url"] == url
+        first = serving.pop(0)
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=30)
+        assert first.returncode == 0, err
+        for _ in range(20):  # fresh connections: each one is the second process's now
+            assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    finally:
+        for proc in serving:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+
+
+@pytest.mark.e2e
 def test_demo_serves_the_demo_until_sigterm(empty_env: dict[str, str]) -> None:
     """The README's second command on a fresh machine: it seeds, prints where to go and how to
     log in, and serves the console and the API with the demo's linked phone and history."""

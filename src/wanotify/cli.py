@@ -226,13 +226,16 @@ class _Server(uvicorn.Server):
             self._announce()
 
 
-def listen(settings: Settings) -> socket.socket:
+def listen(settings: Settings, *, reuse_port: bool = False) -> socket.socket:
     """Bind the port before anything starts: uvicorn runs the app's lifespan (which resumes
     every linked session) before it binds, so a taken port would otherwise mean a second
-    process briefly grabbing the first one's sessions."""
+    process briefly grabbing the first one's sessions. ``reuse_port``: share it with other
+    processes that asked the same (``SO_REUSEPORT``; the kernel spreads the connections)."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((settings.host, settings.port))
     except OSError as exc:
@@ -284,11 +287,20 @@ def serve(
     workers_off: Annotated[
         bool, typer.Option("--workers-off", help="HTTP only: no sessions, no dispatcher.")
     ] = False,
+    reuse_port: Annotated[
+        bool,
+        typer.Option(
+            "--reuse-port",
+            help="Share the port with other serve processes started with it (Linux "
+            "SO_REUSEPORT): several with --workers-off beside a worker use more cores.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """API + console + sessions + dispatcher in one process (migrates the database first)."""
     out = Output(ctx, as_json)
     settings = load_settings(host=host, port=port)
+    sock = listen(settings, reuse_port=reuse_port)
     logs.configure(settings.log_level, json_lines=settings.log_json)
     application = build_app(settings, workers=not workers_off)
     url = base_url(settings)
@@ -299,7 +311,7 @@ def serve(
             [f"wanotify {__version__} listening on {url} (API docs: {url}/docs)"],
         )
 
-    serve_forever(application, settings, announce)
+    serve_forever(application, settings, announce, sock)
 
 
 async def _worker(settings: Settings, out: Output) -> None:
