@@ -34,6 +34,16 @@ from wanotify.transports.simulator import SimulatorNetwork
 
 T = TypeVar("T")
 PASSWORD = "correct horse battery"
+#: the fleet's linked number, a driver, and a maintenance reminder's variables (the
+#: ``maintenance_due`` system template), shared by the tests that send
+BUSINESS = "+14155550100"
+DRIVER = "+14155550123"
+MAINTENANCE = {
+    "vehicle_name": "Truck 7",
+    "plate_number": "KDA 123X",
+    "service_type": "oil change",
+    "due_date": "2026-12-01",
+}
 #: the ``wanotify`` command of the running interpreter's environment
 WANOTIFY = str(Path(sys.executable).parent / "wanotify")
 

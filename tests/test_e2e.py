@@ -20,14 +20,13 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.support import WANOTIFY, free_port
+from tests.support import DRIVER, WANOTIFY, free_port
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")
 PLATFORM_PHONE = "+14155550100"
 CUSTOMER_PHONE = "+14155550111"
 OWNER_PHONE = "+12025550143"
-DRIVER = "+14155550123"
 
 
 def until(check: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:

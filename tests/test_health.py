@@ -11,13 +11,18 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
-from tests.support import Org, eventually, link_phone, message_with_status, notification_finished
+from tests.support import (
+    BUSINESS,
+    DRIVER,
+    Org,
+    eventually,
+    link_phone,
+    message_with_status,
+    notification_finished,
+)
 from wanotify.db.notify import plain_dsn
 from wanotify.settings import Settings
 from wanotify.transports.simulator import SimulatorNetwork
-
-BUSINESS = "+14155550100"
-DRIVER = "+14155550123"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -13,13 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Org, link_phone, notification_finished
+from tests.support import BUSINESS, DRIVER, Org, link_phone, notification_finished
 from wanotify import logs
 from wanotify.settings import Settings
 from wanotify.transports.simulator import SimulatorNetwork
-
-BUSINESS = "+14155550100"
-DRIVER = "+14155550123"
 
 
 @pytest.fixture

@@ -61,14 +61,14 @@ class Settings(BaseSettings):
     supabase_jwks_url: str = ""
     supabase_jwks_file: str = ""
     supabase_jwks_cache_seconds: int = 300
+    supabase_issuer: str = ""
+    supabase_audience: str = "authenticated"
     api_key_cache_seconds: float = Field(
         default=5.0,
         ge=0,
         description="how long an instance trusts an API key it has checked (0: every request "
         "looks it up); a key revoked on another instance works there this much longer",
     )
-    supabase_issuer: str = ""
-    supabase_audience: str = "authenticated"
 
     # WhatsApp
     transport: TransportName = "simulator"

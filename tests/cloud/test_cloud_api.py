@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
-from tests.support import Org, eventually, message, message_with_status
+from tests.support import DRIVER, Org, eventually, message, message_with_status
 from tests.transports.fake_graph import (
     ACCESS_TOKEN,
     APP_SECRET,
@@ -28,7 +28,6 @@ from wanotify.runtime import Runtime
 from wanotify.sessions.models import WhatsAppSession
 from wanotify.settings import Settings
 
-DRIVER = "+14155550123"
 WEBHOOK = "/webhooks/whatsapp-cloud"
 CREDENTIALS = {
     "phone_number_id": PHONE_NUMBER_ID,

@@ -7,6 +7,9 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 from tests.support import (
+    BUSINESS,
+    DRIVER,
+    MAINTENANCE,
     Org,
     eventually,
     link_phone,
@@ -19,15 +22,6 @@ from tests.support import (
 from wanotify.messages.models import WhatsAppMessage
 from wanotify.runtime import Runtime
 from wanotify.transports.simulator import SimulatorNetwork
-
-BUSINESS = "+14155550100"
-DRIVER = "+14155550123"
-MAINTENANCE = {
-    "vehicle_name": "Truck 7",
-    "plate_number": "KDA 123X",
-    "service_type": "oil change",
-    "due_date": "2026-12-01",
-}
 
 
 async def enqueue(client: httpx.AsyncClient, org: Org, **overrides: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import event, select
-from tests.support import Org
+from tests.support import DRIVER, MAINTENANCE, Org
 
 from wanotify.db.audit import AuditLog
 from wanotify.errors import InvalidInput, NotFound
@@ -18,14 +18,6 @@ from wanotify.notifications.models import Notification
 from wanotify.notifications.service import EnqueueRequest
 from wanotify.requestinfo import ClientOrigin
 from wanotify.runtime import Runtime
-
-DRIVER = "+14155550123"
-MAINTENANCE = {
-    "vehicle_name": "Truck 7",
-    "plate_number": "KDA 123X",
-    "service_type": "oil change",
-    "due_date": "2026-12-01",
-}
 
 
 def request(org: Org, **extra: Any) -> EnqueueRequest:

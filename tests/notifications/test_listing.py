@@ -7,20 +7,21 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
-from tests.support import Org, link_phone, message, message_with_status, notification_finished
+from tests.support import (
+    BUSINESS,
+    DRIVER,
+    MAINTENANCE,
+    Org,
+    link_phone,
+    message,
+    message_with_status,
+    notification_finished,
+)
 
 from wanotify.notifications.dispatcher import NOT_CONNECTED
 from wanotify.transports.simulator import SimulatorNetwork
 
-BUSINESS = "+14155550100"
-DRIVER = "+14155550123"
 LATER = "2099-01-01T08:00:00+00:00"
-MAINTENANCE = {
-    "vehicle_name": "Truck 7",
-    "plate_number": "KDA 123X",
-    "service_type": "oil change",
-    "due_date": "2026-12-01",
-}
 LICENSE = {
     "driver_name": "Amina",
     "license_number": "DL-889",

@@ -13,15 +13,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from tests.support import Org, link_phone, message, notification_finished
+from tests.support import BUSINESS, DRIVER, Org, link_phone, message, notification_finished
 
 from wanotify.notifications import queue
 from wanotify.notifications.models import Notification
 from wanotify.settings import Settings
 from wanotify.transports.simulator import SimulatorNetwork
 
-BUSINESS = "+14155550100"
-DRIVER = "+14155550123"
 DROPPED = "message dropped by the network (simulated fault)"
 ATTEMPTS = 6
 # precision of a stored timestamp (microseconds) on both databases

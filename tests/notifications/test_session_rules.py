@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 from tests.support import (
+    BUSINESS,
+    DRIVER,
     Org,
     eventually,
     link_phone,
@@ -20,9 +22,6 @@ from tests.support import (
 from wanotify.notifications.dispatcher import NOT_CONNECTED, WAITING_FOR_SESSION
 from wanotify.settings import Settings
 from wanotify.transports.simulator import SimulatorNetwork
-
-BUSINESS = "+14155550100"
-DRIVER = "+14155550123"
 
 
 async def enqueue(client: httpx.AsyncClient, org: Org) -> str:

@@ -20,6 +20,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from tests.support import (
+    BUSINESS,
+    DRIVER,
     Org,
     eventually,
     link_phone,
@@ -37,8 +39,6 @@ from wanotify.transports.simulator import SimulatorNetwork
 
 SLOW_POLL = 30.0  # far longer than any wait below: a pick-up can only come from NOTIFY
 NO_POLL = 300.0  # in-process wake-ups: no poll and no re-check comes within a test
-BUSINESS = "+14155550100"
-DRIVER = "+14155550123"
 
 
 async def asleep(dispatcher: Dispatcher) -> None:

@@ -12,22 +12,23 @@ from typing import Any
 import httpx
 import pytest
 from tests.console.test_console_http import console_login
-from tests.support import Org, add_user, eventually, link_phone, session_status
+from tests.support import (
+    BUSINESS,
+    DRIVER,
+    MAINTENANCE,
+    Org,
+    add_user,
+    eventually,
+    link_phone,
+    session_status,
+)
 
 from wanotify.pacing.rules import typing_seconds
 from wanotify.runtime import Runtime
 from wanotify.settings import Settings
 from wanotify.transports.simulator import SimulatorNetwork
 
-BUSINESS = "+14155550100"
-DRIVER = "+14155550123"
 OTHER_DRIVER = "+14155550124"
-MAINTENANCE = {
-    "vehicle_name": "Truck 7",
-    "plate_number": "KDA 123X",
-    "service_type": "oil change",
-    "due_date": "2026-12-01",
-}
 
 
 @pytest.fixture

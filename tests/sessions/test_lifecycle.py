@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 from tests.support import (
+    DRIVER,
     Org,
     create_org,
     eventually,
@@ -27,7 +28,6 @@ from wanotify.settings import Settings
 from wanotify.transports.simulator import SimulatorNetwork
 
 PHONE = "+14155550100"
-DRIVER = "+14155550123"
 
 
 async def status_becomes(client: httpx.AsyncClient, org: Org, status: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from wanotify.auth.roles import Role, at_least
 from wanotify.auth.service import Principal, principal_for
 from wanotify.db.engine import SessionDep
 from wanotify.db.rls import scope_to_org
-from wanotify.deps import SettingsDep
 from wanotify.errors import Forbidden, Unauthorized
 from wanotify.settings import Settings
 
@@ -30,17 +29,18 @@ async def get_key_cache(request: Request) -> KeyCache:
 KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
 
 
-async def get_principal(
-    request: Request, db: SessionDep, settings: SettingsDep, keys: KeyCacheDep
-) -> Principal:
+async def get_principal(request: Request, db: SessionDep) -> Principal:
+    # The settings and the key cache are read from app state here, not as dependencies of
+    # their own: FastAPI's per-request cost grows with every dependency of every route.
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    keys: KeyCache = request.app.state.key_cache
     principal = keys.get(token)
     if principal is None:  # not trusted lately: look it up (and trust it for a while)
-        principal = await _look_up(db, settings, token)
+        principal = await _look_up(db, request.app.state.settings, token)
         keys.put(token, principal)
     # Row-level security: the rest of the request reads and writes the caller's org only.
     await scope_to_org(db, principal.org_id)

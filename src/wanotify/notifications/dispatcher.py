@@ -278,8 +278,8 @@ class Dispatcher:
                 opted_out=(row.org_id, row.recipient_phone) in opted_out,
                 template=templates.get(row.template_id) if row.template_id else None,
                 message=existing.get(row.id),
-                policy=pacing_of[row.org_id][0],
-                timezone=pacing_of[row.org_id][1],
+                policy=pacing_of[row.org_id].policy,
+                timezone=pacing_of[row.org_id].timezone,
             )
             for row in rows
         }

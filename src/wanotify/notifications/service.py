@@ -210,7 +210,7 @@ class _NewRows:
     enqueue); the objects the callers get are built from the same values."""
 
     notifications: list[dict[str, Any]] = field(default_factory=list)
-    messages: list[dict[str, Any]] = field(default_factory=list)
+    message_rows: list[dict[str, Any]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
 
     def add(
@@ -257,7 +257,7 @@ class _NewRows:
                 sent_by=request.sent_by,
             )
             message_row = messages.message_row(outgoing, status="queued")
-            self.messages.append(message_row)
+            self.message_rows.append(message_row)
             message = WhatsAppMessage(**message_row)
             row["message_id"] = message.id
         self.notifications.append(row)
@@ -275,8 +275,8 @@ class _NewRows:
     async def insert(self, db: AsyncSession) -> None:
         if self.notifications:
             await db.execute(NOTIFICATIONS.insert(), self.notifications)
-        if self.messages:
-            await db.execute(messages.MESSAGES.insert(), self.messages)
+        if self.message_rows:
+            await db.execute(messages.MESSAGES.insert(), self.message_rows)
         await insert_entries(db, self.audit)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from tests.support import Org, eventually, message, message_with_status, session_status
+from tests.support import BUSINESS, Org, eventually, message, message_with_status, session_status
 from tests.transports.whatsmeow_fake import CRASH_FILE, fake_supervisor
 
 from wanotify.app import create_app
@@ -24,7 +24,6 @@ from wanotify.transports.whatsmeow.supervisor import Supervisor
 
 pytest.importorskip("neonize")
 
-BUSINESS = "+14155550100"
 CUSTOMER = "+14155550123"
 
 
