@@ -342,8 +342,11 @@ async def url_client(
 
 
 async def test_jwks_url_keys_are_fetched_and_cached(
-    url_client: tuple[httpx.AsyncClient, Org], jwks_server: JwksServer
+    url_client: tuple[httpx.AsyncClient, Org], jwks_server: JwksServer, settings: Settings
 ) -> None:
+    # the app's own settings: a lifespan the three requests cannot outlast on a loaded machine
+    # (the fixture's 1 s is for the rotation test; CI once took 1.3 s between two requests)
+    settings.supabase_jwks_cache_seconds = 300
     client, acme = url_client
     for make in (rs256, es256, rs256):
         response = await me(client, make(acme.owner_id))
