@@ -33,13 +33,15 @@ async def sent_message(db: AsyncSession) -> WhatsAppMessage:
     await db.flush()
     message = await service.record_outgoing(
         db,
-        org_id=org.id,
-        session_id=None,
-        notification_id=uuid.uuid4(),
-        recipient_phone="+14155550123",
-        body="hi",
-        template_id=None,
-        sent_by=None,
+        service.Outgoing(
+            org_id=org.id,
+            session_id=None,
+            notification_id=uuid.uuid4(),
+            recipient_phone="+14155550123",
+            body="hi",
+            template_id=None,
+            sent_by=None,
+        ),
     )
     await service.mark_sent(db, message_id=message.id, at=utcnow())
     await db.commit()
@@ -100,17 +102,17 @@ async def test_a_message_accepted_up_front_is_sending_during_its_send(db: AsyncS
     org = Organization(name="S", plan="basic")
     db.add(org)
     await db.flush()
-    fields = {
-        "org_id": org.id,
-        "session_id": None,
-        "notification_id": uuid.uuid4(),
-        "recipient_phone": "+14155550123",
-        "body": "hi",
-        "template_id": None,
-        "sent_by": None,
-    }
-    queued = await service.create_message(db, status="queued", **fields)
-    sending = await service.record_outgoing(db, **fields)
+    outgoing = service.Outgoing(
+        org_id=org.id,
+        session_id=None,
+        notification_id=uuid.uuid4(),
+        recipient_phone="+14155550123",
+        body="hi",
+        template_id=None,
+        sent_by=None,
+    )
+    queued = await service.create_message(db, outgoing, status="queued")
+    sending = await service.record_outgoing(db, outgoing)
     assert sending.id == queued.id
     assert sending.whatsapp_message_id == queued.whatsapp_message_id
     assert sending.status == "sending"
@@ -131,13 +133,15 @@ async def messages_of_two_numbers(db: AsyncSession) -> list[WhatsAppMessage]:
             rows.append(
                 await service.record_outgoing(
                     db,
-                    org_id=org.id,
-                    session_id=session.id,
-                    notification_id=uuid.uuid4(),
-                    recipient_phone="+14155550123",
-                    body="hi",
-                    template_id=None,
-                    sent_by=None,
+                    service.Outgoing(
+                        org_id=org.id,
+                        session_id=session.id,
+                        notification_id=uuid.uuid4(),
+                        recipient_phone="+14155550123",
+                        body="hi",
+                        template_id=None,
+                        sent_by=None,
+                    ),
                 )
             )
     rows[3].whatsapp_message_id = rows[0].whatsapp_message_id

@@ -58,52 +58,33 @@ def _earlier(status: str) -> list[str]:
     return [s for s, rank in ORDER.items() if rank < ORDER[status]]
 
 
-async def record_outgoing(
-    db: AsyncSession,
-    *,
-    org_id: uuid.UUID,
-    session_id: uuid.UUID | None,
-    notification_id: uuid.UUID,
-    recipient_phone: str,
-    body: str,
-    template_id: uuid.UUID | None,
-    sent_by: uuid.UUID | None,
-    none_yet: bool = False,
-) -> WhatsAppMessage:
+async def record_outgoing(db: AsyncSession, outgoing: Outgoing) -> WhatsAppMessage:
     """The message row for a notification, created once before the first send attempt.
 
     A retry finds the same row and so reuses its WhatsApp message id: the recipient's phone
-    drops a second copy with an id it has already seen. ``none_yet``: the caller holds the
-    notification's lease and has read since claiming it that it has no message row, so the
+    drops a second copy with an id it has already seen. ``outgoing.none_yet``: the caller holds
+    the notification's lease and has read since claiming it that it has no message row, so the
     look-up is skipped (nobody else may create one meanwhile).
     """
     existing = None
-    if not none_yet:
+    if not outgoing.none_yet:
         existing = await db.scalar(
-            select(WhatsAppMessage).where(WhatsAppMessage.notification_id == notification_id)
+            select(WhatsAppMessage).where(
+                WhatsAppMessage.notification_id == outgoing.notification_id
+            )
         )
     if existing is not None:
         if existing.status in ("queued", "failed"):  # accepted up front, or a retried failure
             existing.status, existing.error, existing.failed_at = "sending", None, None
-        existing.message_body = body
-        existing.session_id = session_id
+        existing.message_body = outgoing.body
+        existing.session_id = outgoing.session_id
         return existing
-    return await create_message(
-        db,
-        org_id=org_id,
-        session_id=session_id,
-        notification_id=notification_id,
-        recipient_phone=recipient_phone,
-        body=body,
-        template_id=template_id,
-        sent_by=sent_by,
-        status="sending",
-    )
+    return await create_message(db, outgoing, status="sending")
 
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A notification's message about to be sent: ``record_outgoing``'s arguments."""
+    """A notification's message about to be sent (``record_outgoing``, ``create_message``)."""
 
     org_id: uuid.UUID
     session_id: uuid.UUID | None
@@ -131,8 +112,7 @@ async def record_outgoing_many(
             row = next(made)
             ids.append((row["id"], row["whatsapp_message_id"]))
             continue
-        fields = {k: v for k, v in vars(o).items() if k != "none_yet"}
-        message = await record_outgoing(db, **fields)
+        message = await record_outgoing(db, o)
         ids.append((message.id, str(message.whatsapp_message_id)))
     return ids
 
@@ -155,40 +135,13 @@ def _fields(o: Outgoing, *, status: str) -> dict[str, Any]:
     }
 
 
-async def create_message(
-    db: AsyncSession,
-    *,
-    org_id: uuid.UUID,
-    session_id: uuid.UUID | None,
-    notification_id: uuid.UUID,
-    recipient_phone: str,
-    body: str,
-    template_id: uuid.UUID | None,
-    sent_by: uuid.UUID | None,
-    status: str,
-) -> WhatsAppMessage:
+async def create_message(db: AsyncSession, outgoing: Outgoing, *, status: str) -> WhatsAppMessage:
     """A notification's message row with its WhatsApp id fixed now (``queued`` when the text is
     accepted up front, ``sending`` when it is made just before the first send)."""
-    message = new_message(
-        Outgoing(
-            org_id=org_id,
-            session_id=session_id,
-            notification_id=notification_id,
-            recipient_phone=recipient_phone,
-            body=body,
-            template_id=template_id,
-            sent_by=sent_by,
-        ),
-        status=status,
-    )
+    message = WhatsAppMessage(**_fields(outgoing, status=status))
     db.add(message)
     await db.flush()
     return message
-
-
-def new_message(outgoing: Outgoing, *, status: str) -> WhatsAppMessage:
-    """``create_message``'s row, not yet added."""
-    return WhatsAppMessage(**_fields(outgoing, status=status))
 
 
 def message_row(outgoing: Outgoing, *, status: str) -> dict[str, Any]:
