@@ -343,9 +343,11 @@ async def test_a_dead_instances_sessions_are_adopted_when_its_lease_runs_out(
     async with running(pg_settings, network, "heir") as heir:  # first heartbeat in 7.5 s
 
         async def adopted() -> bool:
-            state = await session_status(heir.client, org)
-            live = heir.runtime.sessions.connection(sid) is not None  # its socket is up
-            return live and state["status"] == "connected"
+            # The socket first: it exists only once the adoption has committed "connecting", so
+            # a status read after it cannot be the stale "connected" from before the adoption.
+            if heir.runtime.sessions.connection(sid) is None:
+                return False
+            return (await session_status(heir.client, org))["status"] == "connected"
 
         left = (expires - utcnow()).total_seconds()
         await eventually(adopted, what="the session adopted", timeout=left + 2.5, every=0.05)
