@@ -153,13 +153,16 @@ async def timed(runtime: Runtime, n: int, into: list[Rate]) -> AsyncIterator[Non
     def count(*_: object) -> None:
         statements[0] += 1
 
-    event.listen(runtime.engine.sync_engine, "before_cursor_execute", count)
+    engines = {runtime.engine.sync_engine, runtime.worker_engine.sync_engine}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
     started, cpu = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-        event.remove(runtime.engine.sync_engine, "before_cursor_execute", count)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
     into.append(Rate(n / elapsed, cpu * 1000 / n, statements[0] / n))
 
 

@@ -35,9 +35,12 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.engine = engine or make_engine(settings)
-        # Cross-org (row-level security's worker role): background work, CLI, operations.
+        postgres = self.engine.dialect.name == "postgresql"
+        # Cross-org (row-level security's worker role): background work, CLI, operations. On
+        # PostgreSQL its own pool, whose connections hold that role from connect on.
+        self.worker_engine = make_engine(settings, worker=True) if postgres else self.engine
         self.factory: SessionFactory = make_session_factory(
-            self.engine, worker=True, rls=settings.rls
+            self.worker_engine, worker=True, rls=settings.rls
         )
         # HTTP requests: one org, the caller's (auth.dependencies scopes each request).
         self.request_factory: SessionFactory = make_session_factory(self.engine, rls=settings.rls)
@@ -48,15 +51,15 @@ class Runtime:
         # takes every pooled connection cannot make this instance's leases lapse.
         self.lease_engine: AsyncEngine | None = None
         self.lease_factory = self.factory
-        if self.engine.dialect.name == "postgresql":
-            self.lease_engine = make_engine(settings, pool_size=2, max_overflow=0)
+        if postgres:
+            self.lease_engine = make_engine(settings, pool_size=2, max_overflow=0, worker=True)
             self.lease_factory = make_session_factory(
                 self.lease_engine, worker=True, rls=settings.rls
             )
         # PostgreSQL: LISTEN on a dedicated connection so another process's enqueue (or a
         # trigger's) wakes the dispatcher at once; SQLite, or WANOTIFY_LISTEN=false: polling.
         self.listener: PgListener | None = None
-        if self.engine.dialect.name == "postgresql" and settings.listen:
+        if postgres and settings.listen:
             self.listener = PgListener(
                 settings.resolved_database_url,
                 reconnect_base_seconds=settings.reconnect_base_seconds,
@@ -118,5 +121,7 @@ class Runtime:
             self.workers_running = False
         await self.enqueuer.drain()
         await self.engine.dispose()
+        if self.worker_engine is not self.engine:
+            await self.worker_engine.dispose()
         if self.lease_engine is not None:
             await self.lease_engine.dispose()

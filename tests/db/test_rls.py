@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -22,7 +22,7 @@ from tests.support import Org, create_org, link_phone, notification_finished
 from wanotify.app import create_app
 from wanotify.auth.dependencies import CurrentUser
 from wanotify.db import rls
-from wanotify.db.engine import SessionDep, SessionFactory, make_session_factory
+from wanotify.db.engine import SessionDep, SessionFactory, make_engine, make_session_factory
 from wanotify.db.notify import plain_dsn
 from wanotify.models import Base
 from wanotify.runtime import Runtime
@@ -208,6 +208,41 @@ async def test_worker_scope_is_for_the_block_only(factory: SessionFactory) -> No
         async with rls.worker_scope(db):
             assert set(await org_keys(db, "profiles")) == {ORG_1, ORG_2}
         assert set(await org_keys(db, "profiles")) == {ORG_1}
+
+
+@pytest.mark.usefixtures("two_orgs")
+async def test_the_worker_pool_holds_the_worker_role_and_org_scopes_still_apply(
+    pg_url: str,
+) -> None:
+    """The worker pool's connections take the worker role at connect: a worker transaction
+    sends no scope statement and sees every org; an org scope taken on the same connection
+    holds for its transaction only, and an unscoped app session on it still sees nothing."""
+    engine = make_engine(Settings(database_url=pg_url), pool_size=1, max_overflow=0, worker=True)
+    scope_statements: list[str] = []
+
+    def before(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if "set_config" in statement:
+            scope_statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    workers = make_session_factory(engine, worker=True)
+    try:
+        async with workers() as db:
+            assert await db.scalar(text("SELECT current_user")) == rls.WORKER_ROLE
+            assert set(await org_keys(db, "profiles")) == {ORG_1, ORG_2}
+        assert scope_statements == []
+        async with workers() as db:  # the pool's one connection again
+            await rls.scope_to_org(db, ORG_1)
+            assert set(await org_keys(db, "profiles")) == {ORG_1}
+            await db.commit()
+        assert len(scope_statements) == 1
+        async with workers() as db:
+            assert set(await org_keys(db, "profiles")) == {ORG_1, ORG_2}
+        async with make_session_factory(engine)() as db:
+            assert await db.scalar(text("SELECT current_user")) == rls.APP_ROLE
+            assert set(await org_keys(db, "profiles")) == set()
+    finally:
+        await engine.dispose()
 
 
 @pytest.mark.usefixtures("two_orgs")

@@ -40,7 +40,7 @@ def inserts(runtime: Runtime) -> list[str]:
         if statement.lstrip().upper().startswith("INSERT INTO NOTIFICATION_QUEUE"):
             seen.append(statement)
 
-    event.listen(runtime.engine.sync_engine, "before_cursor_execute", before)
+    event.listen(runtime.worker_engine.sync_engine, "before_cursor_execute", before)
     return seen
 
 

@@ -10,6 +10,8 @@
 - ``NOTIFY`` (wake other instances) exists only on PostgreSQL.
 - PostgreSQL's pooled connections are checked at checkout without a round trip: one the server
   has closed is replaced.
+- PostgreSQL's worker pool (``worker_role``): each connection takes the worker role once, at
+  connect, instead of in every transaction (``rls.hold_worker_scope``).
 """
 
 from __future__ import annotations
@@ -24,16 +26,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
-from wanotify.db.rls import ScopedSession
+from wanotify.db.rls import ScopedSession, hold_worker_scope
 
 
 def is_sqlite(engine: AsyncEngine | Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def configure_engine(engine: AsyncEngine) -> None:
-    """Apply per-dialect connection setup once, right after the engine is made."""
+def configure_engine(engine: AsyncEngine, *, worker_role: bool = False) -> None:
+    """Apply per-dialect connection setup once, right after the engine is made.
+    ``worker_role``: a PostgreSQL pool whose connections serve background work only."""
     if not is_sqlite(engine):
+        if worker_role:
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _hold_worker_scope(dbapi_connection: Any, record: Any) -> None:
+                hold_worker_scope(dbapi_connection, record.info)
 
         @event.listens_for(engine.sync_engine, "checkout")
         def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:

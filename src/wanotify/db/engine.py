@@ -21,11 +21,17 @@ SessionFactory = async_sessionmaker[AsyncSession]
 
 
 def make_engine(
-    settings: Settings, *, pool_size: int | None = None, max_overflow: int | None = None
+    settings: Settings,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    worker: bool = False,
 ) -> AsyncEngine:
     """``pool_size``/``max_overflow``: the settings' unless given. A connection beyond the
     pool is closed when returned, so a pool smaller than the usual concurrency opens and
-    closes connections all the time (the API benchmark saw 7% of its CPU in connecting)."""
+    closes connections all the time (the API benchmark saw 7% of its CPU in connecting).
+    ``worker``: a pool for background work only, whose connections hold the row-level-security
+    worker role (PostgreSQL with RLS on; see ``db/rls.py``)."""
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         settings.ensure_data_dir()
@@ -36,7 +42,7 @@ def make_engine(
             pool_size=settings.db_pool_size if pool_size is None else pool_size,
             max_overflow=settings.db_max_overflow if max_overflow is None else max_overflow,
         )
-    configure_engine(engine)
+    configure_engine(engine, worker_role=worker and settings.rls)
     return engine
 
 

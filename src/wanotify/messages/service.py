@@ -285,16 +285,6 @@ async def mark_failed_after_send(
     return bool(getattr(result, "rowcount", 0))
 
 
-async def of_notifications(
-    db: AsyncSession, *, notification_ids: Collection[uuid.UUID]
-) -> dict[uuid.UUID, WhatsAppMessage]:
-    """The message rows of many notifications (those without one are absent)."""
-    rows = await db.scalars(
-        select(WhatsAppMessage).where(WhatsAppMessage.notification_id.in_(notification_ids))
-    )
-    return {row.notification_id: row for row in rows if row.notification_id is not None}
-
-
 async def failures_of(
     db: AsyncSession, *, message_ids: Collection[uuid.UUID]
 ) -> dict[uuid.UUID, str]:
@@ -441,20 +431,6 @@ async def is_opted_out(db: AsyncSession, *, org_id: uuid.UUID, phone: str) -> bo
     return bool(
         await db.scalar(select(OptOut.phone).where(OptOut.org_id == org_id, OptOut.phone == phone))
     )
-
-
-async def opted_out_among(
-    db: AsyncSession, *, pairs: Collection[tuple[uuid.UUID, str]]
-) -> set[tuple[uuid.UUID, str]]:
-    """Which (org, phone) pairs are opted out: ``is_opted_out`` of a batch in one query."""
-    if not pairs:
-        return set()
-    orgs = {org_id for org_id, _ in pairs}
-    phones = {phone for _, phone in pairs}
-    rows = await db.execute(
-        select(OptOut.org_id, OptOut.phone).where(OptOut.org_id.in_(orgs), OptOut.phone.in_(phones))
-    )
-    return {(org_id, phone) for org_id, phone in rows} & set(pairs)
 
 
 async def handle_incoming(

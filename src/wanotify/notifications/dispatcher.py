@@ -23,7 +23,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify import backoff, metrics
@@ -35,14 +34,12 @@ from wanotify.db.notify import QUEUE_CHANNEL, PgListener
 from wanotify.errors import DomainError
 from wanotify.logs import bind
 from wanotify.messages import service as messages
-from wanotify.messages.models import WhatsAppMessage
 from wanotify.notifications import queue
+from wanotify.notifications.context import Context, read_contexts
 from wanotify.notifications.models import Notification
 from wanotify.pacing import rules as pacing_rules
 from wanotify.pacing import service as pacing
-from wanotify.sessions import service as sessions
 from wanotify.sessions.manager import SessionManager
-from wanotify.sessions.models import WhatsAppSession
 from wanotify.settings import Settings
 from wanotify.templates import rendering
 from wanotify.templates.models import WhatsAppTemplate
@@ -69,19 +66,6 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Context:
-    """What the rules need of one claimed notification, read for the whole batch in the claim's
-    transaction (a few queries per batch instead of a transaction per notification)."""
-
-    session: WhatsAppSession | None
-    opted_out: bool
-    template: WhatsAppTemplate | None
-    message: WhatsAppMessage | None  # the notification's message row, if one exists already
-    policy: pacing_rules.Policy
-    timezone: str
-
-
-@dataclass(frozen=True)
 class _Sending:
     """A message row to write before its send; the notification type when it is a critical
     one going to an opted-out recipient (audited)."""
@@ -97,13 +81,6 @@ class _Settling:
     row: Notification
     outcome: Outcome
     at: datetime
-
-
-def _first_try(row: Notification) -> bool:
-    """Claimed for the first time, never deferred, no error before and no message made at
-    enqueue: no message row can exist for it. (A row whose worker died after recording its
-    message comes back with that attempt counted, and a deferral leaves its reason.)"""
-    return row.attempts == 1 and row.message_id is None and row.last_error is None
 
 
 class Dispatcher:
@@ -242,7 +219,7 @@ class Dispatcher:
                 now=utcnow(),
                 skip_orgs=blocked,
             )
-            contexts = await self._contexts(db, rows) if rows else {}
+            contexts = await read_contexts(db, rows=rows, settings=self.settings)
             full = len(rows) == limit
             self._next_due = None if full else await queue.next_due(db, skip_orgs=blocked)
         for row in rows:
@@ -252,37 +229,6 @@ class Dispatcher:
             self._inflight.add(task)
             task.add_done_callback(self._finished)
         return full
-
-    async def _contexts(
-        self, db: AsyncSession, rows: list[Notification]
-    ) -> dict[uuid.UUID, Context]:
-        org_ids = {row.org_id for row in rows}
-        by_org = await sessions.get_for_orgs(db, org_ids=org_ids)
-        opted_out = await messages.opted_out_among(
-            db, pairs={(row.org_id, row.recipient_phone) for row in rows}
-        )
-        template_ids = {row.template_id for row in rows if row.template_id is not None}
-        templates: dict[uuid.UUID, WhatsAppTemplate] = {}
-        if template_ids:
-            found = await db.scalars(
-                select(WhatsAppTemplate).where(WhatsAppTemplate.id.in_(template_ids))
-            )
-            templates = {t.id: t for t in found}
-        # A row claimed for the first time, never deferred, has no message row yet.
-        tried = [row.id for row in rows if not _first_try(row)]
-        existing = await messages.of_notifications(db, notification_ids=tried) if tried else {}
-        pacing_of = await pacing.policies_for(db, org_ids=org_ids, settings=self.settings)
-        return {
-            row.id: Context(
-                session=by_org.get(row.org_id),
-                opted_out=(row.org_id, row.recipient_phone) in opted_out,
-                template=templates.get(row.template_id) if row.template_id else None,
-                message=existing.get(row.id),
-                policy=pacing_of[row.org_id].policy,
-                timezone=pacing_of[row.org_id].timezone,
-            )
-            for row in rows
-        }
 
     def _blocked_orgs(self) -> list[uuid.UUID]:
         now = utcnow()

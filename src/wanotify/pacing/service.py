@@ -4,7 +4,6 @@ in ``rules.py`` turn into decisions."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
 from datetime import datetime, time
 from typing import Any, NamedTuple
 
@@ -20,7 +19,7 @@ from wanotify.pacing.rules import DAY, Budget, Policy, Sent, budget
 from wanotify.settings import Settings
 
 # orgs sits above pacing in the import order; its timezone is read through a bare table clause
-_ORGS = table("organizations", column("id", Uuid), column("timezone", String))
+ORGS = table("organizations", column("id", Uuid), column("timezone", String))
 NOT_NULL = (
     "min_gap_seconds",
     "jitter_seconds",
@@ -105,31 +104,15 @@ class OrgPacing(NamedTuple):
     timezone: str
 
 
-async def policies_for(
-    db: AsyncSession, *, org_ids: Collection[uuid.UUID], settings: Settings
-) -> dict[uuid.UUID, OrgPacing]:
-    """``policy_for`` and ``org_timezone`` of many orgs in one query (the dispatcher reads a
-    claimed batch's, inside its claim: one round trip fewer before the first send)."""
-    rows = await db.execute(
-        select(_ORGS.c.id, _ORGS.c.timezone, SendingPolicy)
-        .select_from(_ORGS)
-        .outerjoin(SendingPolicy, SendingPolicy.org_id == _ORGS.c.id)
-        .where(_ORGS.c.id.in_(org_ids))
-    )
-    found: dict[uuid.UUID, tuple[dict[str, Any] | None, str]] = {
-        org_id: ({name: getattr(row, name) for name in FIELDS} if row else None, zone or "UTC")
-        for org_id, zone, row in rows
-    }
-    result: dict[uuid.UUID, OrgPacing] = {}
-    for org_id in org_ids:
-        values, zone = found.get(org_id, (None, "UTC"))
-        policy = to_policy(values or defaults(settings), enforced=settings.pacing)
-        result[org_id] = OrgPacing(policy, zone)
-    return result
+def org_pacing(row: SendingPolicy | None, timezone: str | None, *, settings: Settings) -> OrgPacing:
+    """An org's policy from its ``sending_policies`` row (None: it changed nothing) and its
+    timezone, as read by the dispatcher with the rest of a claimed batch's context."""
+    values = {name: getattr(row, name) for name in FIELDS} if row else defaults(settings)
+    return OrgPacing(to_policy(values, enforced=settings.pacing), timezone or "UTC")
 
 
 async def org_timezone(db: AsyncSession, *, org_id: uuid.UUID) -> str:
-    zone = await db.scalar(select(_ORGS.c.timezone).where(_ORGS.c.id == org_id))
+    zone = await db.scalar(select(ORGS.c.timezone).where(ORGS.c.id == org_id))
     return zone or "UTC"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import Update, select, update
@@ -26,14 +25,6 @@ async def get_for_org(db: AsyncSession, *, org_id: uuid.UUID) -> WhatsAppSession
         select(WhatsAppSession).where(WhatsAppSession.org_id == org_id)
     )
     return row
-
-
-async def get_for_orgs(
-    db: AsyncSession, *, org_ids: Collection[uuid.UUID]
-) -> dict[uuid.UUID, WhatsAppSession]:
-    """The session rows of many orgs in one query (orgs without one are absent)."""
-    rows = await db.scalars(select(WhatsAppSession).where(WhatsAppSession.org_id.in_(org_ids)))
-    return {row.org_id: row for row in rows}
 
 
 async def require_for_org(db: AsyncSession, *, org_id: uuid.UUID) -> WhatsAppSession:
