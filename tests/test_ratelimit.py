@@ -4,6 +4,7 @@ process, and two real ``wanotify serve`` processes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support import PASSWORD, Org, Processes, add_user, create_org, free_port, make_orgs
 from wanotify.app import create_app
+from wanotify.ratelimit import Limiter
 from wanotify.runtime import Runtime
 from wanotify.settings import Settings
 
@@ -230,3 +232,16 @@ async def test_two_serve_processes_share_the_org_limit_in_redis(
         assert statuses == [200] * limit + [429] * 10, statuses
     finally:
         procs.stop_all()
+
+
+async def test_closing_the_memory_store_ends_its_expiry_task(settings: Settings) -> None:
+    """The memory store expires windows in a task a hit starts: closing the limiter (the
+    service's shutdown) ends it, so nothing of the limiter outlives the service."""
+    settings.redis_url = ""
+    limiter = Limiter(limits(settings, per_ip="5/minute"))
+    await limiter.check(limiter.per_ip, "client_ip", "10.9.8.7")
+    timer = getattr(limiter.storage, "timer", None)
+    assert isinstance(timer, asyncio.Task)
+    assert not timer.done()  # still expiring (it hops to a thread)
+    await limiter.aclose()
+    assert timer.done()

@@ -18,6 +18,7 @@ A store that cannot be reached lets requests through (logged), rather than take 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -112,6 +113,12 @@ class Limiter:
         close = getattr(client, "aclose", None)
         if close is not None:
             await close()
+        # The memory store expires its windows in a task of its own (started by a hit, and
+        # hopping to a thread): one still running at shutdown would outlive the service.
+        timer = getattr(self.storage, "timer", None)
+        if isinstance(timer, asyncio.Task) and not timer.done():
+            timer.cancel()
+            await asyncio.gather(timer, return_exceptions=True)
 
 
 def _exempt(path: str) -> bool:

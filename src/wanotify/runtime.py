@@ -10,7 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from wanotify.crypto import SecretBox
 from wanotify.db import migrate
-from wanotify.db.engine import SessionFactory, make_engine, make_session_factory
+from wanotify.db.engine import (
+    SessionFactory,
+    holds_worker_role,
+    make_engine,
+    make_session_factory,
+)
 from wanotify.db.group_commit import GroupCommit
 from wanotify.db.notify import PgListener
 from wanotify.notifications.dispatcher import Dispatcher
@@ -38,7 +43,9 @@ class Runtime:
         postgres = self.engine.dialect.name == "postgresql"
         # Cross-org (row-level security's worker role): background work, CLI, operations. On
         # PostgreSQL its own pool, whose connections hold that role from connect on.
-        self.worker_engine = make_engine(settings, worker=True) if postgres else self.engine
+        self.worker_engine = self.engine
+        if postgres and holds_worker_role(settings):
+            self.worker_engine = make_engine(settings, worker=True)
         self.factory: SessionFactory = make_session_factory(
             self.worker_engine, worker=True, rls=settings.rls
         )

@@ -93,6 +93,13 @@ class Settings(BaseSettings):
         default=True,
         description="PostgreSQL: run as wanotify_app/wanotify_worker under row-level security",
     )
+    worker_role_at_connect: bool = Field(
+        default=True,
+        description="PostgreSQL with rls: background work has a pool of its own whose "
+        "connections take the worker role once, at connect, instead of in every transaction "
+        "(off behind PgBouncer transaction pooling, where a connection's session settings "
+        "could reach another client)",
+    )
     notification_lease_seconds: float = 60.0
     max_attempts: int = 3
     retry_base_seconds: float = 5.0

@@ -245,6 +245,22 @@ async def test_the_worker_pool_holds_the_worker_role_and_org_scopes_still_apply(
         await engine.dispose()
 
 
+async def test_without_the_held_role_background_work_shares_the_pool_and_sets_its_role(
+    pg_url: str, settings: Settings
+) -> None:
+    """``WANOTIFY_WORKER_ROLE_AT_CONNECT=false`` (PgBouncer in transaction pooling mode): no
+    pool of its own, no session-level role; each worker transaction takes the role itself."""
+    runtime = Runtime(settings.model_copy(update={"worker_role_at_connect": False}))
+    try:
+        assert runtime.worker_engine is runtime.engine
+        async with runtime.factory() as db:
+            assert await db.scalar(text("SELECT current_user")) == rls.WORKER_ROLE
+        async with runtime.engine.connect() as conn:
+            assert await conn.scalar(text("SELECT current_user")) != rls.WORKER_ROLE
+    finally:
+        await runtime.stop()
+
+
 @pytest.mark.usefixtures("two_orgs")
 async def test_rls_off_uses_the_login_role_as_it_is(engine: AsyncEngine) -> None:
     """``WANOTIFY_RLS=false``: no SET ROLE; here the login role is the superuser."""

@@ -31,7 +31,7 @@ def make_engine(
     pool is closed when returned, so a pool smaller than the usual concurrency opens and
     closes connections all the time (the API benchmark saw 7% of its CPU in connecting).
     ``worker``: a pool for background work only, whose connections hold the row-level-security
-    worker role (PostgreSQL with RLS on; see ``db/rls.py``)."""
+    worker role (when ``holds_worker_role``; see ``db/rls.py``)."""
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         settings.ensure_data_dir()
@@ -42,8 +42,13 @@ def make_engine(
             pool_size=settings.db_pool_size if pool_size is None else pool_size,
             max_overflow=settings.db_max_overflow if max_overflow is None else max_overflow,
         )
-    configure_engine(engine, worker_role=worker and settings.rls)
+    configure_engine(engine, worker_role=worker and holds_worker_role(settings))
     return engine
+
+
+def holds_worker_role(settings: Settings) -> bool:
+    """Whether background work gets a pool whose connections hold the worker role."""
+    return settings.rls and settings.worker_role_at_connect and not settings.is_sqlite
 
 
 def make_session_factory(

@@ -1,0 +1,162 @@
+"""Where one notification's latency goes: the steps on its path and the SQL statements beside
+them, at a steady offered load (default 40/s, well below what the pipeline carries).
+
+    python bench/latency.py                  # PostgreSQL, 40/s for 8 s over 10 orgs
+    python bench/latency.py --rate 200
+    python bench/latency.py --sqlite
+
+Runs the real runtime in this process, as ``pipeline.py`` does (simulator without delays,
+pacing off), in a scratch database. Prints two tables:
+
+- the end-to-end latency (scheduled enqueue → accepted by the simulated WhatsApp server), then
+  the steps on that path, each timed around the runtime's own calls: ``enqueue`` (the enqueuer's
+  group commit, what ``POST /api/notifications`` waits for), ``claim`` (the dispatcher's claim
+  transaction with the batch's context) and ``message row`` (the commit of the message row
+  with its WhatsApp id, before the send);
+- each kind of SQL statement: how many per notification and its mean time at the driver.
+  "BEGIN" and "COMMIT" are not statements SQLAlchemy sees, and are not in this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import functools
+import os
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from harness import make_settings, percentile, sqlite_url
+from pipeline import link_orgs, steady
+from scratch import DEFAULT_PG, scratch_database
+from sqlalchemy import event
+
+from wanotify.runtime import Runtime
+from wanotify.transports import build_transport
+from wanotify.transports.simulator import SimulatorNetwork
+
+Timings = dict[str, list[float]]
+
+
+def time_calls(obj: object, name: str, label: str, into: Timings) -> None:
+    """Time every call of the coroutine method ``obj.name`` (this instance only)."""
+    method: Callable[..., Awaitable[Any]] = getattr(obj, name)
+
+    @functools.wraps(method)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            into[label].append((time.perf_counter() - started) * 1000)
+
+    setattr(obj, name, timed)
+
+
+TABLE = re.compile(r"\b(?:INTO|UPDATE|FROM)\s+(\w+)", re.IGNORECASE)
+
+
+def statement_kind(statement: str) -> str:
+    """``SELECT … FROM whatsapp_templates …`` → ``SELECT whatsapp_templates`` (the first
+    table named)."""
+    if "set_config(" in statement:
+        return "SELECT set_config (row-level security scope)"
+    verb = statement.split(None, 1)[0].upper()
+    found = TABLE.search(statement)
+    return f"{verb} {found.group(1) if found else ''}".strip()
+
+
+@contextlib.contextmanager
+def timed_statements(runtime: Runtime, into: Timings) -> Any:
+    started: dict[int, float] = {}
+
+    def before(conn: Any, _cur: Any, _statement: str, *_: Any) -> None:
+        started[id(conn)] = time.perf_counter()
+
+    def after(conn: Any, _cur: Any, statement: str, *_: Any) -> None:
+        began = started.pop(id(conn), None)
+        if began is not None:
+            into[statement_kind(statement)].append((time.perf_counter() - began) * 1000)
+
+    engines = {runtime.engine.sync_engine, runtime.worker_engine.sync_engine}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", before)
+        event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", before)
+            event.remove(engine, "after_cursor_execute", after)
+
+
+@contextlib.asynccontextmanager
+async def running(database_url: str) -> AsyncIterator[Runtime]:
+    settings = make_settings(database_url, Path(tempfile.mkdtemp(prefix="wanotify-latency-")))
+    network = SimulatorNetwork(delivery_delay_seconds=0.0, send_latency_seconds=0.0)
+    runtime = Runtime(settings, transport=build_transport(settings, network=network))
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
+async def measure(args: argparse.Namespace, database_url: str) -> None:
+    async with running(database_url) as runtime:
+        org_ids = await link_orgs(runtime, args.orgs)
+        steps: Timings = collections.defaultdict(list)
+        statements: Timings = collections.defaultdict(list)
+        time_calls(runtime.enqueuer, "enqueue", "enqueue", steps)
+        time_calls(runtime.dispatcher, "_claim", "claim", steps)
+        time_calls(runtime.dispatcher._before_send, "run_batched", "message row", steps)
+        with timed_statements(runtime, statements):
+            latencies, achieved = await steady(runtime, org_ids, args.rate, args.seconds, 0)
+    n = len(latencies)
+    print(f"\n{n:,} notifications at {achieved:,.1f}/s over {args.orgs} orgs\n")
+    print("| step | per notification | p50 ms | p99 ms | mean ms |")
+    print("|---|---|---|---|---|")
+    rows = [("end-to-end (scheduled → accepted)", latencies), *steps.items()]
+    for label, values in rows:
+        print(
+            f"| {label} | {len(values) / n:.2f} | {statistics.median(values):.2f} | "
+            f"{percentile(values, 0.99):.2f} | {statistics.mean(values):.2f} |"
+        )
+    print("\n| SQL statement | per notification | mean ms | total ms per notification |")
+    print("|---|---|---|---|")
+    ordered = sorted(statements.items(), key=lambda item: -sum(item[1]))
+    for kind, values in ordered:
+        print(
+            f"| {kind} | {len(values) / n:.2f} | {statistics.mean(values):.2f} | "
+            f"{sum(values) / n:.2f} |"
+        )
+    total = sum(len(v) for v in statements.values())
+    print(
+        f"\n{total / n:.1f} statements per notification; load average "
+        f"{os.getloadavg()[0]:.2f} (1 min)"
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    if args.sqlite:
+        await measure(args, sqlite_url("wanotify-latency-"))
+        return
+    async with scratch_database(args.database_url, "wanotify_latency") as url:
+        await measure(args, url)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=DEFAULT_PG, help="PostgreSQL admin URL")
+    parser.add_argument("--rate", type=float, default=40.0, help="notifications per second")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--orgs", type=int, default=10)
+    parser.add_argument("--sqlite", action="store_true", help="the embedded default instead")
+    asyncio.run(main(parser.parse_args()))
