@@ -85,7 +85,7 @@ def timed_statements(runtime: Runtime, into: Timings) -> Any:
         if began is not None:
             into[statement_kind(statement)].append((time.perf_counter() - began) * 1000)
 
-    engines = {runtime.engine.sync_engine, runtime.worker_engine.sync_engine}
+    engines = [e.sync_engine for e in runtime.engines]
     for engine in engines:
         event.listen(engine, "before_cursor_execute", before)
         event.listen(engine, "after_cursor_execute", after)

@@ -153,7 +153,7 @@ async def timed(runtime: Runtime, n: int, into: list[Rate]) -> AsyncIterator[Non
     def count(*_: object) -> None:
         statements[0] += 1
 
-    engines = {runtime.engine.sync_engine, runtime.worker_engine.sync_engine}
+    engines = [e.sync_engine for e in runtime.engines]
     for engine in engines:
         event.listen(engine, "before_cursor_execute", count)
     started, cpu = time.perf_counter(), time.process_time()

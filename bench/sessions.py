@@ -255,7 +255,7 @@ async def child_restart(p: dict[str, Any]) -> dict[str, Any]:
     def count(*_: object) -> None:
         statements[0] += 1
 
-    engines = [e.sync_engine for e in (runtime.engine, runtime.lease_engine) if e is not None]
+    engines = [e.sync_engine for e in runtime.engines]
     for engine in engines:
         event.listen(engine, "before_cursor_execute", count)
     cpu = time.process_time()

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from wanotify.crypto import SecretBox
 from wanotify.db import migrate
+from wanotify.db.dialect import track_backend_pids
 from wanotify.db.engine import (
     SessionFactory,
     holds_worker_role,
@@ -63,6 +64,11 @@ class Runtime:
             self.lease_factory = make_session_factory(
                 self.lease_engine, worker=True, rls=settings.rls
             )
+        # The server process ids of this runtime's connections: a NOTIFY of the queue that one
+        # of them sent is news the dispatcher has already had in this process.
+        self.backend_pids: set[int] = set()
+        for own in self.engines:
+            track_backend_pids(own, self.backend_pids)
         # PostgreSQL: LISTEN on a dedicated connection so another process's enqueue (or a
         # trigger's) wakes the dispatcher at once; SQLite, or WANOTIFY_LISTEN=false: polling.
         self.listener: PgListener | None = None
@@ -93,6 +99,7 @@ class Runtime:
             sessions=self.sessions,
             listener=self.listener,
             commits=self.commits,
+            own_backends=self.backend_pids,
         )
         self.webhooks = WebhookSender(settings=settings, factory=self.factory, box=self.box)
         # the API's enqueues: concurrent requests share transactions
@@ -127,8 +134,11 @@ class Runtime:
             await self.sessions.stop()
             self.workers_running = False
         await self.enqueuer.drain()
-        await self.engine.dispose()
-        if self.worker_engine is not self.engine:
-            await self.worker_engine.dispose()
-        if self.lease_engine is not None:
-            await self.lease_engine.dispose()
+        for engine in self.engines:
+            await engine.dispose()
+
+    @property
+    def engines(self) -> list[AsyncEngine]:
+        """Every pool of this runtime: requests', background work's, leases' (one on SQLite)."""
+        pools = [self.engine, self.worker_engine, self.lease_engine]
+        return [e for i, e in enumerate(pools) if e is not None and e not in pools[:i]]

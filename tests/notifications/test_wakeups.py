@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 from tests.support import (
     BUSINESS,
     DRIVER,
@@ -31,7 +32,13 @@ from tests.support import (
 )
 
 from wanotify.app import create_app
-from wanotify.db.notify import APPLICATION_NAME, SESSIONS_CHANNEL, PgListener, plain_dsn
+from wanotify.db.notify import (
+    APPLICATION_NAME,
+    QUEUE_CHANNEL,
+    SESSIONS_CHANNEL,
+    PgListener,
+    plain_dsn,
+)
 from wanotify.notifications.dispatcher import NOT_CONNECTED, WAITING_FOR_SESSION, Dispatcher
 from wanotify.runtime import Runtime
 from wanotify.settings import Settings
@@ -221,6 +228,45 @@ async def test_an_enqueue_by_another_process_wakes_the_dispatcher(
     row_id = await insert_notification(other, org_id)
 
     # no session is linked, so it fails at once: proof that it was claimed and processed
+    assert await picked_up(other, row_id, within=5) == ("failed", NOT_CONNECTED)
+
+
+async def test_a_notify_this_process_sent_does_not_wake_its_dispatcher_again(
+    runtime_listening: Runtime, other: Any
+) -> None:
+    """Whatever makes a row pending in this process wakes the dispatcher itself; the NOTIFY of
+    the same commit, from one of this process's connections, is not acted on (it cost a second,
+    empty claim). Another process's NOTIFY still is (the test above)."""
+    listener = runtime_listening.listener
+    dispatcher = runtime_listening.dispatcher
+    assert listener is not None
+    await asyncio.wait_for(listener.connected.wait(), 10)
+    await asleep(dispatcher)  # on the 30 s poll
+    org_id = await insert_org(other)
+    heard = asyncio.Event()
+    asleep_when_heard: list[bool] = []
+
+    def after_the_dispatcher(_payload: str) -> None:  # subscribed after it: called after it
+        asleep_when_heard.append(dispatcher.idle.is_set())
+        heard.set()
+
+    listener.subscribe(QUEUE_CHANNEL, after_the_dispatcher)
+    async with runtime_listening.factory() as db:  # this process's connection, and no wake()
+        row_id = uuid.uuid4()
+        await db.execute(
+            text(
+                "INSERT INTO notification_queue (id, org_id, notification_type, recipient_phone,"
+                " message_data, status, priority, attempts, max_attempts, next_attempt_at,"
+                " created_at, updated_at) VALUES (:id, :org, 'text', '+14155550123',"
+                " '{\"text\": \"hi\"}', 'pending', 0, 0, 3, now(), now(), now())"
+            ),
+            {"id": row_id, "org": org_id},
+        )
+        await db.commit()
+    await asyncio.wait_for(heard.wait(), 5)
+    assert asleep_when_heard == [True]
+    assert await status_of(other, row_id) == ("pending", None)
+    dispatcher.wake()  # what the in-process path does
     assert await picked_up(other, row_id, within=5) == ("failed", NOT_CONNECTED)
 
 

@@ -12,6 +12,8 @@
   has closed is replaced.
 - PostgreSQL's worker pool (``worker_role``): each connection takes the worker role once, at
   connect, instead of in every transaction (``rls.hold_worker_scope``).
+- PostgreSQL tells a listener which backend sent a ``NOTIFY``: a process keeps its own
+  connections' backend ids (``track_backend_pids``) to skip the news it sent itself.
 """
 
 from __future__ import annotations
@@ -68,6 +70,31 @@ def configure_engine(engine: AsyncEngine, *, worker_role: bool = False) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+PID_KEY = "wanotify_backend_pid"  # connection record info: the server process id
+
+
+def track_backend_pids(engine: AsyncEngine, pids: set[int]) -> None:
+    """Keep ``pids`` equal to the server process ids of ``engine``'s open connections
+    (PostgreSQL; a ``NOTIFY`` names the backend that sent it). Nothing on SQLite."""
+    if is_sqlite(engine):
+        return
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _opened(dbapi_connection: Any, record: Any) -> None:
+        pid = int(dbapi_connection.driver_connection.get_server_pid())
+        record.info[PID_KEY] = pid
+        pids.add(pid)
+
+    def _gone(_dbapi_connection: Any, record: Any, *_: Any) -> None:
+        pid = record.info.pop(PID_KEY, None)
+        if pid is not None:
+            pids.discard(pid)
+
+    event.listen(engine.sync_engine, "close", _gone)
+    event.listen(engine.sync_engine, "invalidate", _gone)
+    event.listen(engine.sync_engine, "detach", _gone)
 
 
 def session_class(engine: AsyncEngine, *, rls: bool) -> type[Session]:

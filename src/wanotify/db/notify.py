@@ -39,6 +39,8 @@ COMMAND_DONE_CHANNEL = "wanotify_command_done"
 APPLICATION_NAME = "wanotify-listen"
 
 Callback = Callable[[str], None]
+#: which notifying backends (server process ids) a subscriber does not need to hear
+SenderFilter = Callable[[int], bool]
 
 
 # Query options SQLAlchemy's asyncpg dialect takes from the URL; asyncpg would send them to the
@@ -73,7 +75,7 @@ class PgListener:
         self.reconnect_max_seconds = reconnect_max_seconds
         self.keepalive_seconds = keepalive_seconds
         self.connect_timeout = connect_timeout
-        self._callbacks: dict[str, list[Callback]] = {}
+        self._callbacks: dict[str, list[tuple[Callback, SenderFilter | None]]] = {}
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -82,10 +84,15 @@ class PgListener:
 
     # ---- control -----------------------------------------------------------------------------
 
-    def subscribe(self, channel: str, callback: Callback) -> None:
-        """Call ``callback(payload)`` for every NOTIFY on ``channel`` (also while running)."""
+    def subscribe(
+        self, channel: str, callback: Callback, *, ignore_from: SenderFilter | None = None
+    ) -> None:
+        """Call ``callback(payload)`` for every NOTIFY on ``channel`` (also while running).
+        ``ignore_from(pid)``: true for a notifying backend whose news the subscriber has had
+        already (its own process's connections); the catch-up call after a connect comes
+        regardless."""
         first = channel not in self._callbacks
-        self._callbacks.setdefault(channel, []).append(callback)
+        self._callbacks.setdefault(channel, []).append((callback, ignore_from))
         if first and self._conn is not None and not self._conn.is_closed():
             conn = self._conn
             task = asyncio.get_running_loop().create_task(self._listen(conn, channel))
@@ -175,15 +182,17 @@ class PgListener:
                 return
             await conn.fetchval("SELECT 1", timeout=self.keepalive_seconds)
 
-    def _notified(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
-        self._dispatch(channel, payload)
+    def _notified(self, _conn: Any, pid: int, channel: str, payload: str) -> None:
+        self._dispatch(channel, payload, pid)
 
     def _catch_up(self) -> None:
         for channel in list(self._callbacks):
-            self._dispatch(channel, "")
+            self._dispatch(channel, "", None)
 
-    def _dispatch(self, channel: str, payload: str) -> None:
-        for callback in list(self._callbacks.get(channel, ())):
+    def _dispatch(self, channel: str, payload: str, pid: int | None) -> None:
+        for callback, ignore_from in list(self._callbacks.get(channel, ())):
+            if pid is not None and ignore_from is not None and ignore_from(pid):
+                continue
             try:
                 callback(payload)
             except Exception:

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -92,10 +93,15 @@ class Dispatcher:
         sessions: SessionManager,
         listener: PgListener | None = None,
         commits: GroupCommit | None = None,
+        own_backends: Collection[int] = (),
     ) -> None:
         self.settings = settings
-        # PostgreSQL LISTEN wanotify_queue: enqueues by other processes wake this one at once
+        # PostgreSQL LISTEN wanotify_queue: enqueues by other processes wake this one at once.
+        # Those this process made woke it already (every in-process path that makes a row
+        # pending calls ``wake``): their NOTIFY, sent from one of ``own_backends``, would only
+        # cost a second, empty claim. A path that forgot to wake waits for the poll.
         self.listener = listener
+        self._own_backends = own_backends
         self._subscribed = False
         self.factory = factory
         # Group commit: the message rows written before sends share transactions when many are
@@ -143,7 +149,7 @@ class Dispatcher:
         self._loop = asyncio.create_task(self._run(), name="dispatcher")
         if self.listener is not None:
             if not self._subscribed:
-                self.listener.subscribe(QUEUE_CHANNEL, self._notified)
+                self.listener.subscribe(QUEUE_CHANNEL, self._notified, ignore_from=self._sent_here)
                 self._subscribed = True
             await self.listener.start()
 
@@ -155,6 +161,9 @@ class Dispatcher:
 
     def _notified(self, _payload: str) -> None:
         self.wake()
+
+    def _sent_here(self, pid: int) -> bool:
+        return pid in self._own_backends
 
     async def stop(self, *, grace: float = 10.0) -> None:
         """Stop claiming; let sends in flight finish (their leases cover a hard kill)."""
