@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.messages.models import OptOut, WhatsAppMessage
@@ -44,17 +44,32 @@ class _OrgContext:
     pacing: pacing.OrgPacing
 
 
+_ORGS = pacing.ORGS
+# Built once: building a statement costs more CPU than running it.
+_OF_ORGS = (
+    select(_ORGS.c.id, _ORGS.c.timezone, SendingPolicy, WhatsAppSession)
+    .select_from(_ORGS)
+    .outerjoin(SendingPolicy, SendingPolicy.org_id == _ORGS.c.id)
+    .outerjoin(WhatsAppSession, WhatsAppSession.org_id == _ORGS.c.id)
+    .where(_ORGS.c.id.in_(bindparam("org_ids", expanding=True)))
+)
+_OF_ROWS = (
+    select(QUEUE.c.id, WhatsAppTemplate, OptOut.phone, WhatsAppMessage)
+    .select_from(QUEUE)
+    .outerjoin(WhatsAppTemplate, WhatsAppTemplate.id == QUEUE.c.template_id)
+    .outerjoin(
+        OptOut,
+        and_(OptOut.org_id == QUEUE.c.org_id, OptOut.phone == QUEUE.c.recipient_phone),
+    )
+    .outerjoin(WhatsAppMessage, WhatsAppMessage.notification_id == QUEUE.c.id)
+    .where(QUEUE.c.id.in_(bindparam("ids", expanding=True)))
+)
+
+
 async def _of_orgs(
     db: AsyncSession, org_ids: set[uuid.UUID], settings: Settings
 ) -> dict[uuid.UUID, _OrgContext]:
-    orgs = pacing.ORGS
-    rows = await db.execute(
-        select(orgs.c.id, orgs.c.timezone, SendingPolicy, WhatsAppSession)
-        .select_from(orgs)
-        .outerjoin(SendingPolicy, SendingPolicy.org_id == orgs.c.id)
-        .outerjoin(WhatsAppSession, WhatsAppSession.org_id == orgs.c.id)
-        .where(orgs.c.id.in_(org_ids))
-    )
+    rows = await db.execute(_OF_ORGS, {"org_ids": list(org_ids)})
     found = {
         org_id: _OrgContext(session, pacing.org_pacing(policy, zone, settings=settings))
         for org_id, zone, policy, session in rows
@@ -70,17 +85,7 @@ async def read_contexts(
     if not rows:
         return {}
     by_org = await _of_orgs(db, {row.org_id for row in rows}, settings)
-    found = await db.execute(
-        select(QUEUE.c.id, WhatsAppTemplate, OptOut.phone, WhatsAppMessage)
-        .select_from(QUEUE)
-        .outerjoin(WhatsAppTemplate, WhatsAppTemplate.id == QUEUE.c.template_id)
-        .outerjoin(
-            OptOut,
-            and_(OptOut.org_id == QUEUE.c.org_id, OptOut.phone == QUEUE.c.recipient_phone),
-        )
-        .outerjoin(WhatsAppMessage, WhatsAppMessage.notification_id == QUEUE.c.id)
-        .where(QUEUE.c.id.in_([row.id for row in rows]))
-    )
+    found = await db.execute(_OF_ROWS, {"ids": [row.id for row in rows]})
     of_row = {nid: (template, opted, message) for nid, template, opted, message in found}
     contexts = {}
     for row in rows:

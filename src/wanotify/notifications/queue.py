@@ -21,8 +21,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Table, and_, func, or_, select, update
+from sqlalchemy import Integer, String, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.db.base import UTCDateTime
@@ -35,6 +36,47 @@ from wanotify.sessions.models import WhatsAppSession
 QUEUE: Table = Notification.__table__  # type: ignore[assignment]
 
 
+def _claim_statement(*, skipping: bool) -> Any:
+    """The claim, built once (building it cost more CPU than running it): binds ``instance``,
+    ``now``, ``locked_until``, ``limit`` and, ``skipping``, the ``skip_orgs`` list."""
+    now = bindparam("now", type_=UTCDateTime())
+    leased = and_(
+        WhatsAppSession.owner_instance.is_not(None), WhatsAppSession.lease_expires_at >= now
+    )
+    instance = bindparam("instance", type_=String())
+    mine = select(WhatsAppSession.org_id).where(leased, WhatsAppSession.owner_instance == instance)
+    held = select(WhatsAppSession.org_id).where(leased)
+    due = (
+        select(Notification.id)
+        .where(
+            Notification.status == "pending",
+            Notification.next_attempt_at <= now,
+            or_(Notification.org_id.in_(mine), Notification.org_id.not_in(held)),
+        )
+        .order_by(Notification.priority.desc(), Notification.next_attempt_at)
+        .limit(bindparam("limit", type_=Integer()))
+    )
+    if skipping:
+        due = due.where(Notification.org_id.not_in(bindparam("skip_orgs", expanding=True)))
+    return (
+        update(Notification)
+        .where(Notification.id.in_(skip_locked(due).scalar_subquery()))
+        .values(
+            status="processing",
+            locked_by=instance,
+            locked_until=bindparam("locked_until", type_=UTCDateTime()),
+            attempts=Notification.attempts + 1,
+            updated_at=now,
+        )
+        .returning(Notification)
+        .execution_options(synchronize_session=False)
+    )
+
+
+_CLAIM = _claim_statement(skipping=False)
+_CLAIM_SKIPPING = _claim_statement(skipping=True)
+
+
 async def claim(
     db: AsyncSession,
     *,
@@ -45,39 +87,15 @@ async def claim(
     skip_orgs: Collection[uuid.UUID] = (),
 ) -> list[Notification]:
     """``skip_orgs``: orgs whose number may not send right now (pacing), left for later."""
-    leased = and_(
-        WhatsAppSession.owner_instance.is_not(None), WhatsAppSession.lease_expires_at >= now
-    )
-    mine = select(WhatsAppSession.org_id).where(
-        leased, WhatsAppSession.owner_instance == instance_id
-    )
-    held = select(WhatsAppSession.org_id).where(leased)
-    due = (
-        select(Notification.id)
-        .where(
-            Notification.status == "pending",
-            Notification.next_attempt_at <= now,
-            or_(Notification.org_id.in_(mine), Notification.org_id.not_in(held)),
-        )
-        .order_by(Notification.priority.desc(), Notification.next_attempt_at)
-        .limit(limit)
-    )
+    params: dict[str, Any] = {
+        "instance": instance_id,
+        "now": now,
+        "locked_until": now + timedelta(seconds=lease_seconds),
+        "limit": limit,
+    }
     if skip_orgs:
-        due = due.where(Notification.org_id.not_in(skip_orgs))
-    stmt = (
-        update(Notification)
-        .where(Notification.id.in_(skip_locked(due).scalar_subquery()))
-        .values(
-            status="processing",
-            locked_by=instance_id,
-            locked_until=now + timedelta(seconds=lease_seconds),
-            attempts=Notification.attempts + 1,
-            updated_at=now,
-        )
-        .returning(Notification)
-        .execution_options(synchronize_session=False)
-    )
-    rows = list((await db.scalars(stmt)).all())
+        params["skip_orgs"] = list(skip_orgs)
+    rows = list((await db.scalars(_CLAIM_SKIPPING if skip_orgs else _CLAIM, params)).all())
     rows.sort(key=lambda n: (-n.priority, n.next_attempt_at))
     return rows
 
@@ -118,11 +136,17 @@ async def release_waiting(
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+_NEXT_DUE = select(func.min(Notification.next_attempt_at)).where(Notification.status == "pending")
+_NEXT_DUE_SKIPPING = _NEXT_DUE.where(
+    Notification.org_id.not_in(bindparam("skip_orgs", expanding=True))
+)
+
+
 async def next_due(db: AsyncSession, *, skip_orgs: Collection[uuid.UUID] = ()) -> datetime | None:
-    query = select(func.min(Notification.next_attempt_at)).where(Notification.status == "pending")
     if skip_orgs:
-        query = query.where(Notification.org_id.not_in(skip_orgs))
-    value: datetime | None = await db.scalar(query)
+        value: datetime | None = await db.scalar(_NEXT_DUE_SKIPPING, {"skip_orgs": list(skip_orgs)})
+    else:
+        value = await db.scalar(_NEXT_DUE)
     return value
 
 
