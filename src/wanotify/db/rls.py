@@ -14,7 +14,9 @@ Two roles, both ``NOLOGIN NOBYPASSRLS``; the service's login role is a member of
 Each transaction of a session made by :func:`wanotify.db.engine.make_session_factory` starts
 with ONE statement, ``SELECT set_config('role', …, true), set_config('wanotify.org_id', …, true)``,
 read from ``session.info`` (only on PostgreSQL with ``WANOTIFY_RLS`` on; see ``db/dialect.py``).
-Both settings end with the transaction, so a pooled connection carries nothing over.
+Both settings end with the transaction, so a pooled connection carries nothing over. The one
+exception is the background pool's (``hold_worker_scope``): its connections hold the worker role
+from connect on, and a worker transaction on one of them sends nothing.
 """
 
 from __future__ import annotations
