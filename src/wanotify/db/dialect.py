@@ -14,19 +14,26 @@
   connect, instead of in every transaction (``rls.hold_worker_scope``).
 - PostgreSQL tells a listener which backend sent a ``NOTIFY``: a process keeps its own
   connections' backend ids (``track_backend_pids``) to skip the news it sent itself.
+- A multi-row ``UPDATE`` with a value of each row's own (``per_row``): on PostgreSQL two array
+  parameters (the keys, the values) and ``array_position``, a statement of one shape whatever
+  the group's size; on SQLite ``CASE key WHEN … THEN … END``, a bound value per row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Text, cast, event, func, select
+from sqlalchemy import Text, bindparam, case, cast, event, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import ColumnElement, Grouping
+from sqlalchemy.types import TypeEngine
 
 from wanotify.db.rls import ScopedSession, hold_worker_scope
 
@@ -100,6 +107,21 @@ def track_backend_pids(engine: AsyncEngine, pids: set[int]) -> None:
 def session_class(engine: AsyncEngine, *, rls: bool) -> type[Session]:
     """PostgreSQL with RLS on: sessions that set their role and org per transaction."""
     return Session if is_sqlite(engine) or not rls else ScopedSession
+
+
+def per_row(
+    dialect_name: str, key: ColumnElement[Any], values: Mapping[Any, Any], type_: TypeEngine[Any]
+) -> Any:
+    """The value ``values`` gives for each row's ``key`` (NULL for a key it does not name), for
+    one ``UPDATE … WHERE key IN (…)`` that settles a whole group (each message its own
+    ``sent_at``, each receipt its own time). The values are bound with ``type_``, so
+    ``UTCDateTime`` stores them as it stores any other time. On PostgreSQL an array lookup:
+    building and compiling a ``CASE`` of a group's size was 13 % of the drain's CPU."""
+    if dialect_name == "postgresql":
+        keys = bindparam(None, list(values), type_=ARRAY(key.type), unique=True)
+        found = bindparam(None, list(values.values()), type_=ARRAY(type_), unique=True)
+        return Grouping(found)[func.array_position(keys, key)]
+    return case({k: literal(v, type_) for k, v in values.items()}, value=key)
 
 
 def skip_locked(query: Select[Any]) -> Select[Any]:

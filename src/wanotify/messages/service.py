@@ -16,10 +16,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from wanotify.clock import utcnow
 from wanotify.db.base import UTCDateTime, complete_row, new_id
-from wanotify.db.dialect import insert
+from wanotify.db.dialect import insert, per_row
 from wanotify.db.group_commit import Batch
 from wanotify.db.pagination import Page, newest_first
-from wanotify.db.per_row import per_row
 from wanotify.errors import NotFound
 from wanotify.messages.models import OptOut, WhatsAppMessage
 from wanotify.webhooks import service as webhooks
@@ -177,12 +176,14 @@ async def mark_sent_many(db: AsyncSession, *, sent: Mapping[uuid.UUID, Sent]) ->
     if not sent:
         return
     t = MESSAGES
-    at = per_row(t.c.id, {k: v.at for k, v in sent.items()}, UTCDateTime())
+    dialect = db.get_bind().dialect.name
+    at = per_row(dialect, t.c.id, {k: v.at for k, v in sent.items()}, UTCDateTime())
     values: dict[str, Any] = {"sent_at": func.coalesce(t.c.sent_at, at)}
     provided = {k: v.provider_id for k, v in sent.items() if v.provider_id}
     if provided:
         values["whatsapp_message_id"] = func.coalesce(
-            per_row(t.c.id, provided, t.c.whatsapp_message_id.type), t.c.whatsapp_message_id
+            per_row(dialect, t.c.id, provided, t.c.whatsapp_message_id.type),
+            t.c.whatsapp_message_id,
         )
     moved = set(
         await db.scalars(
@@ -374,7 +375,7 @@ async def _move_forward(
     by_id: dict[str, datetime] = {}
     for (_, wamid), at in times.items():
         by_id.setdefault(wamid, at)
-    at = per_row(t.c.whatsapp_message_id, by_id, UTCDateTime())
+    at = per_row(db.get_bind().dialect.name, t.c.whatsapp_message_id, by_id, UTCDateTime())
     values: dict[str, Any] = {"status": status, "delivered_at": func.coalesce(t.c.delivered_at, at)}
     if status == "read":
         values["read_at"] = func.coalesce(t.c.read_at, at)

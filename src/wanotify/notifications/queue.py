@@ -27,8 +27,7 @@ from sqlalchemy import Integer, String, Table, and_, bindparam, func, or_, selec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.db.base import UTCDateTime
-from wanotify.db.dialect import skip_locked
-from wanotify.db.per_row import per_row
+from wanotify.db.dialect import per_row, skip_locked
 from wanotify.notifications.models import Notification
 from wanotify.sessions.models import WhatsAppSession
 
@@ -182,7 +181,8 @@ async def complete_many(
     if not done:
         return set()
     t = QUEUE
-    at = per_row(t.c.id, {k: v[0] for k, v in done.items()}, UTCDateTime())
+    dialect = db.get_bind().dialect.name
+    at = per_row(dialect, t.c.id, {k: v[0] for k, v in done.items()}, UTCDateTime())
     held = await db.scalars(
         update(t)
         .where(t.c.id.in_(list(done)), t.c.status == "processing", t.c.locked_by == instance_id)
@@ -191,7 +191,9 @@ async def complete_many(
             locked_by=None,
             locked_until=None,
             last_error=None,
-            message_id=per_row(t.c.id, {k: v[1] for k, v in done.items()}, t.c.message_id.type),
+            message_id=per_row(
+                dialect, t.c.id, {k: v[1] for k, v in done.items()}, t.c.message_id.type
+            ),
             updated_at=at,
             completed_at=at,
         )
