@@ -27,22 +27,24 @@ async def db(settings: Settings) -> AsyncIterator[AsyncSession]:
     await engine.dispose()
 
 
-async def sent_message(db: AsyncSession) -> WhatsAppMessage:
-    org = Organization(name="R", plan="basic")
+async def outgoing_of_new_org(db: AsyncSession, name: str) -> service.Outgoing:
+    """A message to send for a new org (no session), its notification not yet recorded."""
+    org = Organization(name=name, plan="basic")
     db.add(org)
     await db.flush()
-    message = await service.record_outgoing(
-        db,
-        service.Outgoing(
-            org_id=org.id,
-            session_id=None,
-            notification_id=uuid.uuid4(),
-            recipient_phone="+14155550123",
-            body="hi",
-            template_id=None,
-            sent_by=None,
-        ),
+    return service.Outgoing(
+        org_id=org.id,
+        session_id=None,
+        notification_id=uuid.uuid4(),
+        recipient_phone="+14155550123",
+        body="hi",
+        template_id=None,
+        sent_by=None,
     )
+
+
+async def sent_message(db: AsyncSession) -> WhatsAppMessage:
+    message = await service.record_outgoing(db, await outgoing_of_new_org(db, "R"))
     await service.mark_sent(db, message_id=message.id, at=utcnow())
     await db.commit()
     return message
@@ -99,18 +101,7 @@ def test_opt_intent_words() -> None:
 
 
 async def test_a_message_accepted_up_front_is_sending_during_its_send(db: AsyncSession) -> None:
-    org = Organization(name="S", plan="basic")
-    db.add(org)
-    await db.flush()
-    outgoing = service.Outgoing(
-        org_id=org.id,
-        session_id=None,
-        notification_id=uuid.uuid4(),
-        recipient_phone="+14155550123",
-        body="hi",
-        template_id=None,
-        sent_by=None,
-    )
+    outgoing = await outgoing_of_new_org(db, "S")
     queued = await service.create_message(db, outgoing, status="queued")
     sending = await service.record_outgoing(db, outgoing)
     assert sending.id == queued.id

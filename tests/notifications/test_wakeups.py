@@ -19,7 +19,6 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 from tests.support import (
     BUSINESS,
     DRIVER,
@@ -252,16 +251,8 @@ async def test_a_notify_this_process_sent_does_not_wake_its_dispatcher_again(
 
     listener.subscribe(QUEUE_CHANNEL, after_the_dispatcher)
     async with runtime_listening.factory() as db:  # this process's connection, and no wake()
-        row_id = uuid.uuid4()
-        await db.execute(
-            text(
-                "INSERT INTO notification_queue (id, org_id, notification_type, recipient_phone,"
-                " message_data, status, priority, attempts, max_attempts, next_attempt_at,"
-                " created_at, updated_at) VALUES (:id, :org, 'text', '+14155550123',"
-                " '{\"text\": \"hi\"}', 'pending', 0, 0, 3, now(), now(), now())"
-            ),
-            {"id": row_id, "org": org_id},
-        )
+        pooled = await (await db.connection()).get_raw_connection()
+        row_id = await insert_notification(pooled.driver_connection, org_id)
         await db.commit()
     await asyncio.wait_for(heard.wait(), 5)
     assert asleep_when_heard == [True]
