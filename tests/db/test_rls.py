@@ -1,4 +1,4 @@
-"""Row-level security (migrations 0004 and 0009, ``db/rls.py``): on PostgreSQL a session sees
+"""Row-level security (migrations 0004, 0009 and 0010, ``db/rls.py``): on PostgreSQL a session sees
 and writes only the org it is scoped to, whatever its queries forget to say; unscoped, it sees
 nothing. Every test that walks the tables walks ``rls.ORG_TABLES``."""
 
@@ -208,6 +208,59 @@ async def test_worker_scope_is_for_the_block_only(factory: SessionFactory) -> No
         async with rls.worker_scope(db):
             assert set(await org_keys(db, "profiles")) == {ORG_1, ORG_2}
         assert set(await org_keys(db, "profiles")) == {ORG_1}
+
+
+ORG_3 = uuid.UUID("00000000-0000-4000-8000-000000000003")
+# migration 0010: the tables an enqueue group reaches, and what it may do there
+ENQUEUER_READS = {"notification_queue", "whatsapp_templates", "whatsapp_sessions"}
+ENQUEUER_INSERTS = {"notification_queue", "whatsapp_messages", "whatsapp_audit_logs"}
+
+
+@pytest.fixture
+async def three_orgs(superuser: Any, two_orgs: None) -> None:
+    await insert_org_rows(superuser, ORG_3, user_id=uuid.uuid4())
+
+
+@pytest.mark.usefixtures("three_orgs")
+@pytest.mark.parametrize("table", sorted(rls.ORG_TABLES))
+async def test_an_enqueue_group_reaches_only_its_orgs_and_only_what_enqueues_touch(
+    factory: SessionFactory, table: str
+) -> None:
+    """``scope_to_orgs`` (the enqueuer role): on the tables an enqueue reads, the group's orgs'
+    rows and no others; every other table, and every change but an INSERT where an enqueue
+    inserts, is refused outright."""
+    async with factory() as db:
+        await rls.scope_to_orgs(db, {ORG_1, ORG_2})
+        conn = await db.connection()
+        if table in ENQUEUER_READS:
+            assert set(await org_keys(db, table)) - {None} == {ORG_1, ORG_2}
+        else:
+            with pytest.raises(DBAPIError, match="permission denied"):
+                async with conn.begin_nested():
+                    await org_keys(db, table)
+        if table in ENQUEUER_INSERTS:
+            await conn.exec_driver_sql(INSERTS[table], (uuid.uuid4(), ORG_2, tag()))
+            with pytest.raises(DBAPIError, match="row-level security"):
+                async with conn.begin_nested():
+                    await conn.exec_driver_sql(INSERTS[table], (uuid.uuid4(), ORG_3, tag()))
+        key = key_of(table)
+        for change in (f"UPDATE {table} SET {key} = {key}", f"DELETE FROM {table}"):
+            with pytest.raises(DBAPIError, match="permission denied"):
+                async with conn.begin_nested():
+                    await conn.execute(text(change))
+        await db.rollback()
+
+
+@pytest.mark.usefixtures("three_orgs")
+async def test_an_enqueue_group_scope_ends_with_its_transaction(factory: SessionFactory) -> None:
+    async with factory() as db:
+        await rls.scope_to_orgs(db, {ORG_1, ORG_3})
+        assert set(await org_keys(db, "notification_queue")) == {ORG_1, ORG_3}
+        await rls.scope_to_org(db, ORG_2)
+        assert set(await org_keys(db, "notification_queue")) == {ORG_2}
+        await db.commit()
+    async with factory() as db:  # the pooled connection carries nothing over
+        assert await org_keys(db, "notification_queue") == []
 
 
 @pytest.mark.usefixtures("two_orgs")

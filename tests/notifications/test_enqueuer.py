@@ -5,6 +5,7 @@ and each audit entry names its own caller. Real SQLite and PostgreSQL (row-level
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import httpx
@@ -12,12 +13,14 @@ from sqlalchemy import event, select
 from tests.support import DRIVER, MAINTENANCE, Org
 
 from wanotify.db.audit import AuditLog
+from wanotify.db.rls import scope_to_org
 from wanotify.errors import InvalidInput, NotFound
 from wanotify.notifications.enqueuer import Enqueuer
 from wanotify.notifications.models import Notification
 from wanotify.notifications.service import EnqueueRequest
 from wanotify.requestinfo import ClientOrigin
 from wanotify.runtime import Runtime
+from wanotify.templates import service as templates
 
 
 def request(org: Org, **extra: Any) -> EnqueueRequest:
@@ -62,11 +65,64 @@ async def test_concurrent_enqueues_of_two_orgs_share_one_insert_and_stay_apart(
     )
     assert all(r.created for r in results)
     assert [r.notification.org_id for r in results] == [o.id for o in owners]
-    assert len(seen) == 2  # one multi-row INSERT per org in the group
+    assert len(seen) == 1  # one multi-row INSERT for the whole group, both orgs' rows
     stored = {n.id: n for n in await rows_of(runtime)}
     for result, owner in zip(results, owners, strict=True):
         row = stored[result.notification.id]
         assert (row.org_id, row.status) == (owner.id, "pending")
+
+
+async def override_maintenance_due(runtime: Runtime, org: Org, *, text: str) -> uuid.UUID:
+    """``org``'s own ``maintenance_due`` (overriding the system one for it only); its id."""
+    async with runtime.factory() as db:
+        await scope_to_org(db, org.id)
+        view = await templates.create_template(
+            db,
+            org_id=org.id,
+            actor="test",
+            name="maintenance_due",
+            category="maintenance",
+            message_template=text + " " + " ".join("{{ " + name + " }}" for name in MAINTENANCE),
+            variables=[{"name": name, "required": False} for name in MAINTENANCE],
+        )
+    return view.template.id
+
+
+async def test_in_one_group_each_org_gets_its_own_template_and_session(
+    runtime: Runtime, client: httpx.AsyncClient, org: Org, other_org: Org
+) -> None:
+    """The group reads both orgs' templates and sessions in one query each; each request still
+    renders its own org's override (an org without one: the system template) and its message
+    row names its own org's session."""
+    sessions = {}
+    for owner in (org, other_org):
+        init = await client.post("/api/sessions/init", headers=owner.headers)
+        assert init.status_code in (200, 201), init.text
+        sessions[owner.id] = uuid.UUID(init.json()["id"])
+    await override_maintenance_due(runtime, org, text="Acme fleet:")
+    results = await asyncio.gather(
+        runtime.enqueuer.enqueue(request(org, create_message=True)),
+        runtime.enqueuer.enqueue(request(other_org, create_message=True)),
+    )
+    mine, theirs = (r.message for r in results)
+    assert mine is not None and theirs is not None
+    assert mine.message_body == "Acme fleet: " + " ".join(MAINTENANCE.values())
+    assert theirs.message_body.startswith("🔧 Maintenance due: Truck 7 (KDA 123X)")
+    assert (mine.session_id, theirs.session_id) == (sessions[org.id], sessions[other_org.id])
+
+
+async def test_another_orgs_template_id_is_not_found_even_in_its_group(
+    runtime: Runtime, org: Org, other_org: Org
+) -> None:
+    theirs = await override_maintenance_due(runtime, other_org, text="Theirs:")
+    results = await asyncio.gather(
+        runtime.enqueuer.enqueue(request(other_org, template=str(theirs))),
+        runtime.enqueuer.enqueue(request(org, template=str(theirs))),
+        return_exceptions=True,
+    )
+    assert not isinstance(results[0], BaseException) and results[0].created
+    assert isinstance(results[1], NotFound)
+    assert [n.org_id for n in await rows_of(runtime)] == [other_org.id]
 
 
 async def test_a_refused_request_fails_alone(runtime: Runtime, org: Org) -> None:

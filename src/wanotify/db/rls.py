@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,13 +35,17 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 APP_ROLE = "wanotify_app"
 WORKER_ROLE = "wanotify_worker"
+ENQUEUER_ROLE = "wanotify_enqueuer"
 ORG_SETTING = "wanotify.org_id"
+ORGS_SETTING = "wanotify.org_ids"
 
 # session.info keys
 ORG_KEY = "wanotify_org_id"
+ORGS_KEY = "wanotify_org_ids"
 SCOPE_KEY = "wanotify_scope"
 APPLIED_KEY = "wanotify_scope_applied"  # what this transaction's connection was last told
 WORKER = "worker"
+GROUP = "group"
 # connection.info key: the scope a connection holds for its whole life (the worker pool's)
 HELD_KEY = "wanotify_scope_held"
 
@@ -67,7 +71,11 @@ ORG_TABLES: dict[str, str] = {
 SHARED_ROWS = {"whatsapp_templates"}
 
 SET_SCOPE = text(
-    "SELECT set_config('role', :role, true), set_config('" + ORG_SETTING + "', :org, true)"
+    "SELECT set_config('role', :role, true), set_config('"
+    + ORG_SETTING
+    + "', :org, true), set_config('"
+    + ORGS_SETTING
+    + "', :orgs, true)"
 )
 
 # ---- SQL for migrations ------------------------------------------------------------------------
@@ -123,6 +131,55 @@ $fn$
 """
 
 
+CURRENT_ORGS_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION wanotify_current_orgs() RETURNS uuid[]
+LANGUAGE sql STABLE AS $fn$
+    SELECT string_to_array(nullif(current_setting('{ORGS_SETTING}', true), ''), ',')::uuid[]
+$fn$
+"""
+
+# The enqueuer role is granted to the worker role, so a login role that may take the worker
+# role (every deployment's) may take this one too: no new grant for operators to make.
+CREATE_ENQUEUER_ROLE = f"""
+DO $do$
+BEGIN
+    BEGIN
+        CREATE ROLE {ENQUEUER_ROLE} NOLOGIN NOBYPASSRLS;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    END;
+    GRANT {ENQUEUER_ROLE} TO {WORKER_ROLE};
+    EXECUTE 'GRANT USAGE ON SCHEMA ' || quote_ident(current_schema()) || ' TO {ENQUEUER_ROLE}';
+END
+$do$
+"""
+
+
+def enqueuer_sql(table: str, privileges: str, *, shared_rows: bool = False) -> list[str]:
+    """The enqueuer role's grant and policies on one table an enqueue touches: the rows of the
+    group's orgs (``wanotify_current_orgs()``); ``shared_rows``: the rows whose org is NULL
+    (system templates) are readable too."""
+    group = "org_id = ANY (wanotify_current_orgs())"
+    statements = [
+        f"GRANT {privileges} ON {table} TO {ENQUEUER_ROLE}",
+        f"CREATE POLICY wanotify_enqueuer_group ON {table} TO {ENQUEUER_ROLE} "
+        f"USING ({group}) WITH CHECK ({group})",
+    ]
+    if shared_rows:
+        statements.append(
+            f"CREATE POLICY wanotify_enqueuer_shared ON {table} FOR SELECT TO {ENQUEUER_ROLE} "
+            "USING (org_id IS NULL)"
+        )
+    return statements
+
+
+def enqueuer_drop_sql(table: str) -> list[str]:
+    return [
+        f"DROP POLICY IF EXISTS wanotify_enqueuer_shared ON {table}",
+        f"DROP POLICY IF EXISTS wanotify_enqueuer_group ON {table}",
+        f"REVOKE ALL ON {table} FROM {ENQUEUER_ROLE}",
+    ]
+
+
 def enable_sql(table: str, key: str = "org_id", *, shared_rows: bool = False) -> list[str]:
     """Grants, ``ENABLE`` + ``FORCE ROW LEVEL SECURITY`` and the two roles' policies for one
     org table. ``shared_rows``: rows whose ``key`` is NULL are readable (not writable) by all."""
@@ -165,10 +222,14 @@ class ScopedSession(Session):
 
 
 def scope_params(info: dict[str, Any]) -> dict[str, str]:
-    if info.get(SCOPE_KEY) == WORKER:
-        return {"role": WORKER_ROLE, "org": ""}
+    scope = info.get(SCOPE_KEY)
+    if scope == WORKER:
+        return {"role": WORKER_ROLE, "org": "", "orgs": ""}
+    if scope == GROUP:
+        orgs = ",".join(sorted(str(org) for org in info[ORGS_KEY]))
+        return {"role": ENQUEUER_ROLE, "org": "", "orgs": orgs}
     org = info.get(ORG_KEY)
-    return {"role": APP_ROLE, "org": str(org) if org else ""}
+    return {"role": APP_ROLE, "org": str(org) if org else "", "orgs": ""}
 
 
 def hold_worker_scope(dbapi_connection: Any, info: dict[str, Any]) -> None:
@@ -214,6 +275,16 @@ async def scope_to_org(db: AsyncSession, org_id: uuid.UUID | None) -> None:
     await _reapply(db)
 
 
+async def scope_to_orgs(db: AsyncSession, org_ids: Collection[uuid.UUID]) -> None:
+    """From now on ``db`` works as the enqueuer: it reads and writes, on the few tables an
+    enqueue touches, the rows of these orgs only (an enqueue group's: every caller's org)."""
+    if not org_ids:
+        raise ValueError("scope_to_orgs needs at least one org")
+    db.info[SCOPE_KEY] = GROUP
+    db.info[ORGS_KEY] = frozenset(org_ids)
+    await _reapply(db)
+
+
 async def scope_to_worker(db: AsyncSession) -> None:
     """From now on ``db`` works across orgs (background work, CLI, credential lookup)."""
     db.info[SCOPE_KEY] = WORKER
@@ -224,7 +295,7 @@ async def scope_to_worker(db: AsyncSession) -> None:
 async def worker_scope(db: AsyncSession) -> AsyncIterator[AsyncSession]:
     """Cross-org for the block only, then back to the scope ``db`` had: for the few places that
     must see or write beyond the caller's org (login, credential lookup, creating an org)."""
-    before = {key: db.info.get(key) for key in (SCOPE_KEY, ORG_KEY)}
+    before = {key: db.info.get(key) for key in (SCOPE_KEY, ORG_KEY, ORGS_KEY)}
     await scope_to_worker(db)
     try:
         yield db

@@ -3,24 +3,24 @@
 Each ``POST /api/notifications`` used to be a transaction of its own: the pool checkout, the
 row-level-security scope, the idempotency and template look-ups, two inserts and the commit,
 each a round trip. Under load the requests that arrive while one group is being written are
-written together by a group commit (``db/group_commit.py``): per org in the group, one scope,
-one look-up of each kind and one multi-row ``INSERT`` per table; one commit for the group. A
-lone request costs what it did; no delay is added to wait for company.
+written together by a group commit (``db/group_commit.py``): one scope, one look-up of each
+kind and one multi-row ``INSERT`` per table for the whole group, whatever orgs its callers
+belong to; one commit. A lone request costs what it did; no delay is added to wait for company.
 
-Row-level security stays per org: the group's transaction switches its scope to each org in
-turn (``scope_to_org``) before that org's statements, as a request's own session would.
+Row-level security bounds the group to its callers' orgs: the transaction runs as the enqueuer
+role scoped to exactly those orgs (``scope_to_orgs``, migration 0010), which reaches only the
+tables an enqueue touches; within the group, ``enqueue_group`` matches every row it reads
+against the request's own org.
 """
 
 from __future__ import annotations
-
-import uuid
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.db.engine import SessionFactory
 from wanotify.db.group_commit import Batch, GroupCommit
-from wanotify.db.rls import scope_to_org
+from wanotify.db.rls import scope_to_org, scope_to_orgs
 from wanotify.errors import DomainError
 from wanotify.notifications.service import (
     Enqueued,
@@ -32,7 +32,7 @@ from wanotify.notifications.service import (
 
 class Enqueuer:
     def __init__(self, factory: SessionFactory) -> None:
-        """``factory``: sessions of the worker scope; each org's part narrows it to the org."""
+        """``factory``: sessions of the worker scope; each group narrows it to its orgs."""
         self.factory = factory
         self._commits = GroupCommit(factory, name="enqueues")
         self._batch = Batch("enqueues", self._apply)
@@ -59,12 +59,5 @@ class Enqueuer:
 
     @staticmethod
     async def _apply(db: AsyncSession, group: list[EnqueueRequest]) -> list[Enqueued | DomainError]:
-        by_org: dict[uuid.UUID, list[int]] = {}
-        for index, request in enumerate(group):
-            by_org.setdefault(request.org_id, []).append(index)
-        results: dict[int, Enqueued | DomainError] = {}
-        for org_id, indexes in by_org.items():
-            await scope_to_org(db, org_id)
-            out = await enqueue_group(db, requests=[group[i] for i in indexes])
-            results.update(zip(indexes, out, strict=True))
-        return [results[index] for index in range(len(group))]
+        await scope_to_orgs(db, {request.org_id for request in group})
+        return await enqueue_group(db, requests=group)

@@ -63,22 +63,26 @@ class EnqueueRequest:
 
 
 _BY_KEYS = select(Notification).where(
-    Notification.org_id == bindparam("org"),
+    Notification.org_id.in_(bindparam("orgs", expanding=True)),
     Notification.idempotency_key.in_(bindparam("keys", expanding=True)),
 )
+#: An org and an idempotency key it sent.
+OrgKey = tuple[uuid.UUID, str]
 
 
 async def _existing(db: AsyncSession, org_id: uuid.UUID, key: str) -> Notification | None:
-    return (await _existing_many(db, org_id, [key])).get(key)
+    return (await _existing_many(db, {(org_id, key)})).get((org_id, key))
 
 
-async def _existing_many(
-    db: AsyncSession, org_id: uuid.UUID, keys: Collection[str]
-) -> dict[str, Notification]:
+async def _existing_many(db: AsyncSession, keys: Collection[OrgKey]) -> dict[OrgKey, Notification]:
+    """The notifications already queued under these (org, idempotency key) pairs. A row counts
+    only for its own org's pair: another org's use of the same key is not a match."""
     if not keys:
         return {}
-    rows = await db.scalars(_BY_KEYS, {"org": org_id, "keys": list(keys)})
-    return {row.idempotency_key: row for row in rows if row.idempotency_key}
+    params = {"orgs": list({org for org, _ in keys}), "keys": list({key for _, key in keys})}
+    rows = await db.scalars(_BY_KEYS, params)
+    found = {(row.org_id, row.idempotency_key): row for row in rows if row.idempotency_key}
+    return {pair: found[pair] for pair in keys if pair in found}
 
 
 async def enqueue(
@@ -144,51 +148,49 @@ async def already_queued(db: AsyncSession, request: EnqueueRequest) -> Enqueued 
 async def enqueue_group(
     db: AsyncSession, *, requests: Sequence[EnqueueRequest]
 ) -> list[Enqueued | DomainError]:
-    """Validate and queue many notifications of ONE org in the caller's transaction (no
-    commit): a few queries for the group (idempotency keys, templates, the session), then the
-    notifications, the message rows and the audit entries with one multi-row ``INSERT`` each.
-    A request refused (bad template or variables) gets its error in its place and queues
-    nothing; the others go on."""
-    org_id = requests[0].org_id
-    if any(r.org_id != org_id for r in requests):
-        raise ValueError("enqueue_group takes the requests of one org")
+    """Validate and queue many notifications, of one org or several, in the caller's
+    transaction (no commit): one query of each kind for the group (idempotency keys, templates,
+    sessions), then the notifications, the message rows and the audit entries with one
+    multi-row ``INSERT`` each. Each request is matched only against its own org's rows (and
+    the system templates). A request refused (bad template or variables) gets its error in its
+    place and queues nothing; the others go on."""
     existing = await _existing_many(
-        db, org_id, {r.idempotency_key for r in requests if r.idempotency_key}
+        db, {(r.org_id, r.idempotency_key) for r in requests if r.idempotency_key}
     )
-    refs = {r.template for r in requests if r.template is not None}
-    found = await templates.resolve_many(db, org_id=org_id, refs=refs) if refs else {}
-    session_id: uuid.UUID | None = None
-    if any(r.create_message for r in requests):
-        session = await sessions.get_for_org(db, org_id=org_id)
-        session_id = session.id if session else None
+    refs = {(r.org_id, r.template) for r in requests if r.template is not None}
+    found = await templates.resolve_for_orgs(db, refs=refs) if refs else {}
+    with_message = {r.org_id for r in requests if r.create_message}
+    session_ids = await sessions.ids_for_orgs(db, org_ids=with_message) if with_message else {}
     now = utcnow()
     results: list[Enqueued | DomainError] = []
     rows = _NewRows()
     for request in requests:
-        key = request.idempotency_key
-        if key and key in existing:  # the same key again: the first notification
-            results.append(Enqueued(existing[key], created=False))
+        pair = (request.org_id, request.idempotency_key) if request.idempotency_key else None
+        if pair and pair in existing:  # the same key again: the first notification
+            results.append(Enqueued(existing[pair], created=False))
             continue
         try:
             template_id, data, body = _validated(request, found)
         except DomainError as exc:
             results.append(exc)
             continue
-        enqueued = rows.add(request, template_id, data, body, now=now, session_id=session_id)
-        if key:
-            existing[key] = enqueued.notification
+        enqueued = rows.add(
+            request, template_id, data, body, now=now, session_id=session_ids.get(request.org_id)
+        )
+        if pair:
+            existing[pair] = enqueued.notification
         results.append(enqueued)
     await rows.insert(db)
     return results
 
 
 def _validated(
-    request: EnqueueRequest, found: Mapping[str | uuid.UUID, WhatsAppTemplate | DomainError]
+    request: EnqueueRequest, found: Mapping[templates.OrgRef, WhatsAppTemplate | DomainError]
 ) -> tuple[uuid.UUID | None, dict[str, Any], str]:
     """(template id, variables, rendered text), or the ``DomainError`` refusing the request."""
     data = dict(request.message_data or {})
     if request.template is not None:
-        template = found[request.template]
+        template = found[request.org_id, request.template]
         if isinstance(template, DomainError):
             raise template
         rendering.check_variables(declared=template.variables, given=data)

@@ -92,8 +92,14 @@ _BY_ID_OR_NAME = select(WhatsAppTemplate).where(
         WhatsAppTemplate.id.in_(bindparam("ids", expanding=True)),
         WhatsAppTemplate.name.in_(bindparam("names", expanding=True)),
     ),
-    or_(WhatsAppTemplate.org_id == bindparam("org"), WhatsAppTemplate.org_id.is_(None)),
+    or_(
+        WhatsAppTemplate.org_id.in_(bindparam("orgs", expanding=True)),
+        WhatsAppTemplate.org_id.is_(None),
+    ),
 )
+
+#: An org and a reference (template id or name) it sent.
+OrgRef = tuple[uuid.UUID, str | uuid.UUID]
 
 
 async def resolve_many(
@@ -105,27 +111,46 @@ async def resolve_many(
 ) -> dict[str | uuid.UUID, WhatsAppTemplate | DomainError]:
     """``resolve`` of many references of one org in one query: each one's template, or the
     error that refusing it would raise (not found, inactive)."""
-    ids = {ref: as_uuid(ref) for ref in refs}
-    by_id = [i for i in ids.values() if i is not None]
-    by_name = [str(ref) for ref, i in ids.items() if i is None]
-    rows = list(await db.scalars(_BY_ID_OR_NAME, {"ids": by_id, "names": by_name, "org": org_id}))
-    found: dict[str | uuid.UUID, WhatsAppTemplate | DomainError] = {}
-    for ref, template_id in ids.items():
+    found = await resolve_for_orgs(
+        db, refs=[(org_id, ref) for ref in refs], require_active=require_active
+    )
+    return {ref: result for (_, ref), result in found.items()}
+
+
+async def resolve_for_orgs(
+    db: AsyncSession, *, refs: Collection[OrgRef], require_active: bool = True
+) -> dict[OrgRef, WhatsAppTemplate | DomainError]:
+    """``resolve`` of the references of several orgs (an enqueue group's) in one query. Each
+    reference is matched here against its own org's rows and the system ones only, so a row of
+    another org in the result can never stand for it."""
+    ids = {ref: as_uuid(ref) for _, ref in refs}
+    params = {
+        "ids": [i for i in ids.values() if i is not None],
+        "names": [str(ref) for ref, i in ids.items() if i is None],
+        "orgs": list({org for org, _ in refs}),
+    }
+    rows = list(await db.scalars(_BY_ID_OR_NAME, params))
+    found: dict[OrgRef, WhatsAppTemplate | DomainError] = {}
+    for org_id, ref in refs:
+        template_id = ids[ref]
+        visible = (t for t in rows if t.org_id in (org_id, None))
         if template_id is not None:
-            matches = [t for t in rows if t.id == template_id]
+            matches = [t for t in visible if t.id == template_id]
         else:  # the org's own first
-            matches = sorted(
-                (t for t in rows if t.name == str(ref)), key=lambda t: t.org_id is None
-            )
+            matches = sorted((t for t in visible if t.name == str(ref)), key=_system_last)
         if not matches:
-            found[ref] = NotFound(f"template {ref!s} not found", field="template")
+            found[org_id, ref] = NotFound(f"template {ref!s} not found", field="template")
         elif require_active and not matches[0].is_active:
-            found[ref] = InvalidInput(
+            found[org_id, ref] = InvalidInput(
                 f"template {matches[0].name} is inactive and cannot be sent", field="template"
             )
         else:
-            found[ref] = matches[0]
+            found[org_id, ref] = matches[0]
     return found
+
+
+def _system_last(template: WhatsAppTemplate) -> bool:
+    return template.org_id is None
 
 
 def as_uuid(ref: str | uuid.UUID) -> uuid.UUID | None:
