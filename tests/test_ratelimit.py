@@ -245,3 +245,26 @@ async def test_closing_the_memory_store_ends_its_expiry_task(settings: Settings)
     assert not timer.done()  # still expiring (it hops to a thread)
     await limiter.aclose()
     assert timer.done()
+
+
+async def test_the_service_closes_its_limiter_when_it_stops(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app's own lifespan (what uvicorn and the tests' app fixture both run) closes the
+    limiter when the service stops: the memory store's expiry task of the last hit does not
+    outlive the service (it did in a test run, failing the app fixture's leftover check)."""
+    settings.redis_url = ""
+    app = create_app(settings, workers=False)
+    limiter: Limiter = app.state.rate_limiter
+    closed: list[bool] = []
+    close = limiter.aclose
+
+    async def recording_close() -> None:
+        closed.append(True)
+        await close()
+
+    monkeypatch.setattr(limiter, "aclose", recording_close)
+    async with app.router.lifespan_context(app):
+        await limiter.check(limiter.per_ip, "client_ip", "10.9.8.6")
+        assert closed == []
+    assert closed == [True]  # once, as the service stopped

@@ -45,6 +45,8 @@ def create_app(
             yield
         finally:
             await rt.stop()
+            # The memory store's expiry task (started by a hit) must not outlive the service.
+            await app.state.rate_limiter.aclose()
 
     app = FastAPI(
         title="wanotify",

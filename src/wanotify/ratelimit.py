@@ -28,7 +28,7 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wanotify.auth.dependencies import CurrentUser
 from wanotify.errors import DomainError
@@ -133,9 +133,6 @@ class RateLimitMiddleware:
         self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, receive, self._closing_send(send))
-            return
         if scope["type"] != "http" or not self.limiter.enabled or _exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
@@ -150,14 +147,6 @@ class RateLimitMiddleware:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-    def _closing_send(self, send: Send) -> Send:
-        async def wrapped(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
-                await self.limiter.aclose()
-            await send(message)
-
-        return wrapped
 
 
 async def org_rate_limit(request: Request, principal: CurrentUser) -> None:
