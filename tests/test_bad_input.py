@@ -507,6 +507,23 @@ async def test_bad_list_queries_are_422(
         await refused(client, runtime, "GET", f"{path}?{query}", 422, headers=org.headers)
 
 
+LISTS = ("/api/notifications", "/api/messages", "/api/webhooks/deliveries", "/api/audit-logs")
+
+
+# A limit is digits: not " 5", "+5", "5_0" (fifty) or "5.0" (found by schemathesis: "\r5").
+@pytest.mark.parametrize("limit", ["%0D5", "%205", "5%20", "%2B5", "5_0", "5.0", "٥"])
+async def test_a_limit_must_be_written_in_digits(
+    client: httpx.AsyncClient, runtime: Runtime, org: Org, limit: str
+) -> None:
+    for path in LISTS:
+        detail = await refused(
+            client, runtime, "GET", f"{path}?limit={limit}", 422, headers=org.headers
+        )
+        assert "limit" in detail and "digits" in detail
+        listed = await client.get(f"{path}?limit=5", headers=org.headers)
+        assert listed.status_code == 200, listed.text
+
+
 # A number is not read as seconds since 1970 (found by schemathesis).
 @pytest.mark.parametrize(
     "query", ["since=yesterday", "until=2026-12-01T00:00:00", "until=0.5", "since=1764662400"]

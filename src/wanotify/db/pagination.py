@@ -11,13 +11,32 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
+from fastapi import Query
+from pydantic import BeforeValidator
 from sqlalchemy import and_, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
 from wanotify.errors import InvalidInput
+
+
+def plain_integer(value: object) -> object:
+    """A query string's integer as the OpenAPI schema says one is written: digits, maybe a
+    minus. Pydantic's lax ``int`` would also read ``' 5'``, ``'+5'``, ``'5_0'`` (50) and
+    ``'5.0'``: a typo quietly taken for another number (found by schemathesis)."""
+    if isinstance(value, str) and not (
+        value.removeprefix("-").isascii() and value.removeprefix("-").isdigit()
+    ):
+        raise ValueError("must be a whole number written in digits")
+    return value
+
+
+PLAIN_INTEGER = BeforeValidator(plain_integer)
+
+#: ``?limit=`` of every history list
+PageLimit = Annotated[int, Query(ge=1, le=200), PLAIN_INTEGER]
 
 
 class Keyed(Protocol):

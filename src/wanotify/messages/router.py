@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from wanotify.auth.dependencies import Viewer
 from wanotify.db.engine import SessionDep
+from wanotify.db.pagination import PageLimit
 from wanotify.deps import SettingsDep
 from wanotify.messages import service
 from wanotify.messages.schemas import MessageDetail, MessageOut, MessagePage, TimelineStep
@@ -30,7 +31,7 @@ async def list_messages(
     template_id: uuid.UUID | None = None,
     since: IsoDatetime | None = None,
     until: IsoDatetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: PageLimit = 50,
     cursor: str | None = None,
 ) -> MessagePage:
     page = await service.list_messages(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from wanotify.auth.dependencies import Member, Viewer
 from wanotify.auth.service import Principal
 from wanotify.db.engine import SessionDep
+from wanotify.db.pagination import PageLimit
 from wanotify.deps import SettingsDep
 from wanotify.notifications import service
 from wanotify.notifications.enqueuer import Enqueuer
@@ -86,7 +87,7 @@ async def list_notifications(
     db: SessionDep,
     status: QueueStatus | None = None,
     notification_type: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: PageLimit = 50,
     cursor: str | None = None,
 ) -> NotificationPage:
     page = await service.list_notifications(

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, status
 
 from wanotify.auth.dependencies import Admin, PlatformAdmin, Viewer
 from wanotify.db.engine import SessionDep
+from wanotify.db.pagination import PLAIN_INTEGER
 from wanotify.deps import SettingsDep
 from wanotify.orgs import service
 from wanotify.orgs.schemas import AuditOut, OrgCreated, OrgIn
@@ -58,7 +59,9 @@ async def stats(principal: Viewer, db: SessionDep) -> dict[str, Any]:
 
 @router.get("/api/audit-logs", response_model=list[AuditOut])
 async def audit_logs(
-    principal: Admin, db: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    principal: Admin,
+    db: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500), PLAIN_INTEGER] = 100,
 ) -> list[AuditOut]:
     rows = await service.audit_log(db, org_id=principal.org_id, limit=limit)
     return [AuditOut.model_validate(r) for r in rows]

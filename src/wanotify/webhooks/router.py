@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 
 from wanotify.auth.dependencies import Admin
 from wanotify.crypto import SecretBox
 from wanotify.db.engine import SessionDep
+from wanotify.db.pagination import PageLimit
 from wanotify.errors import Conflict
 from wanotify.webhooks import service
 from wanotify.webhooks.schemas import DeliveryOut, DeliveryPage, WebhookIn, WebhookOut, WebhookSaved
@@ -74,7 +75,7 @@ async def list_deliveries(
     principal: Admin,
     db: SessionDep,
     status: Literal["pending", "delivered", "failed"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: PageLimit = 50,
     cursor: str | None = None,
 ) -> DeliveryPage:
     page = await service.list_deliveries(
