@@ -2,6 +2,8 @@
 
 - SQLite has one writer at a time: each transaction starts ``BEGIN IMMEDIATE`` so writers queue
   on the lock instead of failing half-way with "database is locked"; WAL lets readers go on.
+  A process has one connection (``engine.make_engine``): its transactions queue in its pool,
+  first come, first served; the busy timeout only covers other processes (the CLI).
 - PostgreSQL claims queue rows with ``FOR UPDATE SKIP LOCKED`` (SQLite's compiler drops it, and
   its single writer makes it unnecessary there).
 - Upserts use each dialect's own ``INSERT ... ON CONFLICT``.
@@ -37,6 +39,10 @@ from sqlalchemy.types import TypeEngine
 
 from wanotify.db.rls import ScopedSession, hold_worker_scope
 
+#: how long a SQLite transaction waits for its turn (in the pool, or for another process's
+#: write lock) before it fails
+SQLITE_WAIT_SECONDS = 30
+
 
 def is_sqlite(engine: AsyncEngine | Engine) -> bool:
     return engine.dialect.name == "sqlite"
@@ -71,7 +77,7 @@ def configure_engine(engine: AsyncEngine, *, worker_role: bool = False) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_WAIT_SECONDS * 1000}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

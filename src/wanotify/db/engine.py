@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from wanotify.db import rls as row_security
-from wanotify.db.dialect import configure_engine, is_sqlite, session_class
+from wanotify.db.dialect import SQLITE_WAIT_SECONDS, configure_engine, is_sqlite, session_class
 from wanotify.settings import Settings
 
 SessionFactory = async_sessionmaker[AsyncSession]
@@ -35,7 +35,13 @@ def make_engine(
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         settings.ensure_data_dir()
-        engine = create_async_engine(url, pool_size=8, max_overflow=8, pool_timeout=60)
+        # One connection: SQLite has one writer, and every transaction here is one (BEGIN
+        # IMMEDIATE). The pool's queue hands it over first come, first served, the moment it is
+        # free; with more connections the waiters sat in SQLite's busy handler, which sleeps in
+        # steps of up to 100 ms and lets late comers overtake (docs/benchmarks.md: SQLite).
+        engine = create_async_engine(
+            url, pool_size=1, max_overflow=0, pool_timeout=SQLITE_WAIT_SECONDS
+        )
     else:
         engine = create_async_engine(
             url,
