@@ -73,11 +73,13 @@ class Row:
 # ---- our pipeline --------------------------------------------------------------------------------
 
 
-async def link_orgs(runtime: Runtime, count: int) -> list[uuid.UUID]:
+async def link_orgs(runtime: Runtime, count: int, *, first: int = 0) -> list[uuid.UUID]:
+    """``count`` orgs, each with its own linked number; ``first``: where their numbering starts
+    (processes that link orgs in one database each take their own range)."""
     network = runtime.transport.network  # type: ignore[attr-defined]
     assert isinstance(network, SimulatorNetwork)
     ids = []
-    for i in range(count):
+    for i in range(first, first + count):
         async with runtime.factory() as db:
             created = await orgs.create_org(
                 db,
