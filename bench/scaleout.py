@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import multiprocessing
 import os
 import statistics
@@ -40,6 +41,7 @@ from cryptography.fernet import Fernet
 from harness import make_settings, percentile
 from pipeline import bounded, enqueue, link_orgs, until_done
 from scratch import DEFAULT_PG, scratch_database
+from sqlalchemy import event
 
 from wanotify.clock import utcnow
 from wanotify.runtime import Runtime
@@ -66,12 +68,19 @@ async def _worker(url: str, key: str, index: int, orgs: int, pipe: Connection) -
     network = SimulatorNetwork(delivery_delay_seconds=0.0, send_latency_seconds=0.0)
     runtime = Runtime(settings, transport=build_transport(settings, network=network))
     await runtime.start(auto_migrate=False)
+    statements: collections.Counter[str] = collections.Counter()
+
+    def count(_conn: object, _cursor: object, sql: str, *_: object) -> None:
+        statements[" ".join(sql.split()[:3])] += 1
+
+    for engine in runtime.engines:
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
     try:
         pipe.send([str(i) for i in await link_orgs(runtime, orgs, first=index * orgs)])
         while True:
             question = await asyncio.to_thread(pipe.recv)
-            if question[0] == "cpu":
-                pipe.send(time.process_time())
+            if question[0] == "cpu":  # and the SQL statements so far, by their first words
+                pipe.send((time.process_time(), dict(statements)))
             elif question[0] == "accepted":  # when each of these phones got its message
                 pipe.send({p: network.inbox(p)[0]["at"] for p in question[1] if network.inbox(p)})
             else:
@@ -93,8 +102,14 @@ class Workers:
             pipe.send(question)
         return [pipe.recv() for pipe in self.pipes]
 
-    def cpu(self) -> float:
-        return sum(float(seconds) for seconds in self.ask("cpu"))  # type: ignore[arg-type]
+    def cpu(self) -> tuple[float, collections.Counter[str]]:
+        """The workers' CPU seconds and SQL statements so far, summed."""
+        seconds, statements = 0.0, collections.Counter[str]()
+        for answer in self.ask("cpu"):
+            cpu, counts = answer  # type: ignore[misc]
+            seconds += cpu
+            statements.update(counts)
+        return seconds, statements
 
     def stop(self) -> None:
         self.ask("stop")
@@ -179,6 +194,7 @@ class Result:
     offered: float
     achieved: float
     latencies: list[float]
+    statements: collections.Counter[str]  # the workers', during the end-to-end phase
 
 
 async def one_run(args: argparse.Namespace, count: int) -> Result:
@@ -193,10 +209,12 @@ async def one_run(args: argparse.Namespace, count: int) -> Result:
             start_workers, url, key, count, max(1, args.orgs // count)
         )
         try:
-            cpu_workers, cpu_here = workers.cpu(), time.process_time()
+            (cpu_workers, before), cpu_here = workers.cpu(), time.process_time()
             e2e = await end_to_end(runtime, org_ids, args.notifications, 0)
             cpu_here = time.process_time() - cpu_here
-            cpu_workers = workers.cpu() - cpu_workers
+            cpu_after, after = workers.cpu()
+            cpu_workers = cpu_after - cpu_workers
+            statements = after - before
             rate = args.load * e2e
             latencies, achieved, _ = await steady(
                 runtime, workers, org_ids, rate, args.seconds, args.notifications
@@ -212,29 +230,34 @@ async def one_run(args: argparse.Namespace, count: int) -> Result:
         rate,
         achieved,
         latencies,
+        statements,
     )
 
 
-def print_table(results: list[Result], orgs: int) -> None:
+def print_table(results: list[Result], orgs: int, n: int) -> None:
     print()
     print(
         "| worker processes | orgs | end-to-end/s | CPU per notification: enqueuing / workers "
-        "| steady offered | achieved | p50 ms | p99 ms |"
+        "| workers' SQL statements per notification | steady offered | achieved | p50 ms "
+        "| p99 ms |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         p50 = statistics.median(r.latencies) if r.latencies else float("nan")
         p99 = percentile(r.latencies, 0.99) if r.latencies else float("nan")
         print(
             f"| {r.workers} | {orgs} | {r.e2e:,.0f} | {r.e2e_cpu_enqueue_ms:.2f} / "
-            f"{r.e2e_cpu_workers_ms:.2f} ms | {r.offered:,.0f}/s | {r.achieved:,.0f}/s | "
-            f"{p50:.1f} | {p99:.1f} |"
+            f"{r.e2e_cpu_workers_ms:.2f} ms | {r.statements.total() / n:.2f} | "
+            f"{r.offered:,.0f}/s | {r.achieved:,.0f}/s | {p50:.1f} | {p99:.1f} |"
         )
+    for r in results:
+        kinds = ", ".join(f"{k} {c / n:.2f}" for k, c in r.statements.most_common(8))
+        print(f"\n{r.workers} worker(s), statements per notification: {kinds}")
 
 
 async def main(args: argparse.Namespace) -> None:
     results = [await one_run(args, int(k)) for k in args.workers.split(",")]
-    print_table(results, args.orgs)
+    print_table(results, args.orgs, args.notifications)
     print(f"\nload average {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
 
 
