@@ -15,8 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from wanotify.auth.keycache import KeyCache
 from wanotify.auth.roles import Role, at_least
 from wanotify.auth.service import Principal, principal_for
-from wanotify.db.engine import SessionDep
-from wanotify.db.rls import scope_to_org
+from wanotify.db.engine import SessionFactory, scope_request
 from wanotify.errors import Forbidden, Unauthorized
 from wanotify.settings import Settings
 
@@ -29,9 +28,10 @@ async def get_key_cache(request: Request) -> KeyCache:
 KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
 
 
-async def get_principal(request: Request, db: SessionDep) -> Principal:
-    # The settings and the key cache are read from app state here, not as dependencies of
-    # their own: FastAPI's per-request cost grows with every dependency of every route.
+async def get_principal(request: Request) -> Principal:
+    # The settings, the key cache and the session factory are read from app state here, not
+    # as dependencies of their own: FastAPI's per-request cost grows with every dependency of
+    # every route, and a route that needs no session (the enqueue) then opens none.
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -40,10 +40,12 @@ async def get_principal(request: Request, db: SessionDep) -> Principal:
     keys: KeyCache = request.app.state.key_cache
     principal = keys.get(token)
     if principal is None:  # not trusted lately: look it up (and trust it for a while)
-        principal = await _look_up(db, request.app.state.settings, token)
+        factory: SessionFactory = request.app.state.session_factory
+        async with factory() as db:
+            principal = await _look_up(db, request.app.state.settings, token)
         keys.put(token, principal)
     # Row-level security: the rest of the request reads and writes the caller's org only.
-    await scope_to_org(db, principal.org_id)
+    await scope_request(request, principal.org_id)
     request.state.principal = principal
     return principal
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -77,9 +78,26 @@ def dialect_name(engine: AsyncEngine) -> str:
 
 
 async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's session, scoped to the org the request acts for (``scope_request``)
+    whether the caller was known before the session was made or after."""
     factory: SessionFactory = request.app.state.session_factory
     async with factory() as session:
+        org_id = getattr(request.state, "org_id", None)
+        if org_id is not None:
+            await row_security.scope_to_org(session, org_id)
+        request.state.db = session
         yield session
+
+
+async def scope_request(request: Request, org_id: uuid.UUID) -> None:
+    """Row-level security for the rest of the request: its session, made already or still to
+    be made (``get_db``), reads and writes ``org_id``'s rows only. A route that needs no
+    session (the enqueue) gets none: FastAPI's cost per request grows with each dependency,
+    a generator's most."""
+    request.state.org_id = org_id
+    session = getattr(request.state, "db", None)
+    if session is not None:
+        await row_security.scope_to_org(session, org_id)
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_db)]
