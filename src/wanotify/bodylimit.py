@@ -1,9 +1,10 @@
 """Refuse request bodies over a size limit before anything parses them (413 problem+json).
 
-A declared ``Content-Length`` over the limit is refused before the app runs. A body sent without
-one (chunked) is counted as it is read; past the limit, reading raises ``BodyTooLarge``. It is an
-``HTTPException`` so that FastAPI's body parsing re-raises it as it is (any other exception there
-becomes a 400 "error parsing the body") and the problem handler answers 413.
+A declared ``Content-Length`` over the limit is refused before the app runs; one within it is
+all the server reads of the body. A body sent without one (chunked) is counted as it is read;
+past the limit, reading raises ``BodyTooLarge``. It is an ``HTTPException`` so that FastAPI's
+body parsing re-raises it as it is (any other exception there becomes a 400 "error parsing the
+body") and the problem handler answers 413.
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ class BodySizeLimit:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
-            return
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                await self._refuse(send)
+                return
+            if b"transfer-encoding" not in headers:  # the server reads no more than declared
+                await self.app(scope, receive, send)
+                return
         seen = 0
         started = False
 

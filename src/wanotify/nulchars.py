@@ -34,11 +34,13 @@ def _first_nul(value: Any, where: str) -> str | None:
 
 async def refuse_nul(request: Request) -> None:
     """App-wide dependency: a 422 before any handler or query sees a NUL."""
-    if NUL in request.url.path:
+    # From the ASGI scope, not ``request.url``: assembling the URL was 2 % of an enqueue's CPU.
+    if NUL in request.scope["path"]:
         raise InvalidInput("the path contains the NUL character (\\u0000)", field="path")
-    for key, value in request.query_params.multi_items():
-        if NUL in key or NUL in value:
-            raise InvalidInput(f"{key}: text cannot contain the NUL character (\\u0000)")
+    if b"%00" in request.scope["query_string"]:  # the only way a query string carries NUL
+        for key, value in request.query_params.multi_items():
+            if NUL in key or NUL in value:
+                raise InvalidInput(f"{key}: text cannot contain the NUL character (\\u0000)")
     if request.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
         return
     body = await request.body()  # cached: the handler reads the same bytes
