@@ -211,14 +211,17 @@ async def end_to_end(runtime: Runtime, org_ids: list[uuid.UUID], n: int, done: i
     return n / (time.perf_counter() - started)
 
 
-async def steady(
-    runtime: Runtime, org_ids: list[uuid.UUID], rate: float, seconds: float, done: int
-) -> tuple[list[float], float]:
-    """Offer ``rate``/s on a fixed schedule (open loop); latency per notification from its
-    scheduled time to its acceptance by the simulated server. Returns latencies and the rate
-    actually achieved."""
-    network = runtime.transport.network  # type: ignore[attr-defined]
-    n = min(10_000, max(1, int(rate * seconds)))
+async def offer(
+    runtime: Runtime,
+    org_ids: list[uuid.UUID],
+    rate: float,
+    n: int,
+    phone_of: Callable[[int], str],
+    done: int,
+) -> tuple[dict[str, datetime], float]:
+    """Enqueue ``n`` notifications at ``rate``/s on a fixed schedule (open loop: one that
+    cannot go on time goes late, not later still), the i-th to ``phone_of(i)``, and wait until
+    all are done. Returns each recipient's scheduled time and the rate achieved."""
     loop = asyncio.get_running_loop()
     start_wall, start_mono = utcnow(), loop.time()
     scheduled: dict[str, datetime] = {}
@@ -228,18 +231,29 @@ async def steady(
         delay = start_mono + offset - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        phone = _phone(2, i)
+        phone = phone_of(i)
         scheduled[phone] = start_wall + timedelta(seconds=offset)
         tasks.append(asyncio.create_task(enqueue(runtime, org_ids[i % len(org_ids)], phone)))
     await asyncio.gather(*tasks)
     await until_done(runtime, done + n)
-    elapsed = loop.time() - start_mono
+    return scheduled, n / (loop.time() - start_mono)
+
+
+async def steady(
+    runtime: Runtime, org_ids: list[uuid.UUID], rate: float, seconds: float, done: int
+) -> tuple[list[float], float]:
+    """Offer ``rate``/s on a fixed schedule (open loop); latency per notification from its
+    scheduled time to its acceptance by the simulated server. Returns latencies and the rate
+    actually achieved."""
+    network = runtime.transport.network  # type: ignore[attr-defined]
+    n = min(10_000, max(1, int(rate * seconds)))
+    scheduled, achieved = await offer(runtime, org_ids, rate, n, lambda i: _phone(2, i), done)
     latencies = []
     for phone, at in scheduled.items():
         (message,) = network.inbox(phone)
         accepted = datetime.fromisoformat(message["at"])
         latencies.append((accepted - at).total_seconds() * 1000)
-    return latencies, n / elapsed
+    return latencies, achieved
 
 
 async def ours(args: argparse.Namespace, database_url: str, backend: str) -> list[Row]:

@@ -33,17 +33,16 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from cryptography.fernet import Fernet
 from harness import make_settings, percentile
-from pipeline import bounded, enqueue, link_orgs, until_done
+from pipeline import bounded, enqueue, link_orgs, offer, until_done
 from scratch import DEFAULT_PG, scratch_database
 from sqlalchemy import event
 
-from wanotify.clock import utcnow
 from wanotify.runtime import Runtime
 from wanotify.transports import build_transport
 from wanotify.transports.simulator import SimulatorNetwork
@@ -159,21 +158,9 @@ async def steady(
 ) -> tuple[list[float], float, int]:
     """Open loop at ``rate``/s; latencies (ms), the rate achieved, and how many were sent."""
     n = min(20_000, max(1, int(rate * seconds)))
-    loop = asyncio.get_running_loop()
-    start_wall, start_mono = utcnow(), loop.time()
-    scheduled: dict[str, datetime] = {}
-    tasks = []
-    for i in range(n):
-        offset = i / rate
-        delay = start_mono + offset - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        phone = _phone(1 + i // 10_000, i)
-        scheduled[phone] = start_wall + timedelta(seconds=offset)
-        tasks.append(asyncio.create_task(enqueue(runtime, org_ids[i % len(org_ids)], phone)))
-    await asyncio.gather(*tasks)
-    await until_done(runtime, done + n)
-    elapsed = loop.time() - start_mono
+    scheduled, achieved = await offer(
+        runtime, org_ids, rate, n, lambda i: _phone(1 + i // 10_000, i), done
+    )
     accepted: dict[str, str] = {}
     for answer in workers.ask("accepted", list(scheduled)):
         accepted.update(answer)  # type: ignore[arg-type]
@@ -182,7 +169,7 @@ async def steady(
         for p, at in scheduled.items()
         if p in accepted
     ]
-    return latencies, n / elapsed, n
+    return latencies, achieved, n
 
 
 @dataclass

@@ -510,8 +510,9 @@ async def test_bad_list_queries_are_422(
 LISTS = ("/api/notifications", "/api/messages", "/api/webhooks/deliveries", "/api/audit-logs")
 
 
-# A limit is digits: not " 5", "+5", "5_0" (fifty) or "5.0" (found by schemathesis: "\r5").
-@pytest.mark.parametrize("limit", ["%0D5", "%205", "5%20", "%2B5", "5_0", "5.0", "٥"])
+# A limit is ASCII digits: not " 5", "+5", "5_0" (fifty), "5.0" or an Arabic-Indic five
+# (found by schemathesis: "\r5").
+@pytest.mark.parametrize("limit", ["%0D5", "%205", "5%20", "%2B5", "5_0", "5.0", "%D9%A5"])
 async def test_a_limit_must_be_written_in_digits(
     client: httpx.AsyncClient, runtime: Runtime, org: Org, limit: str
 ) -> None:
