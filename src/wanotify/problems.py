@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from wanotify.db.outage import is_unavailable
+from wanotify.db.outage import is_busy, is_unavailable
 from wanotify.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -130,17 +130,20 @@ def install(app: FastAPI) -> None:
         """The database cannot be reached (PostgreSQL restarting or down): 503, try again; not
         a 500 with a traceback per request, as it is no bug and passes by itself. (Also when
         the lost connection surfaces later, e.g. as "can't reconnect until invalid transaction
-        is rolled back": ``is_unavailable`` looks at what the error was raised from.) Anything
-        else of these types is an unexpected error as below."""
-        if not is_unavailable(exc):
+        is rolled back": ``is_unavailable`` looks at what the error was raised from.) So is one
+        too busy to give this request a turn in time (``is_busy``). Anything else of these types
+        is an unexpected error as below."""
+        if is_unavailable(exc):
+            state, detail = "unavailable", "the database cannot be reached right now"
+        elif is_busy(exc):
+            state, detail = "busy", "the database is too busy to take this request now"
+        else:
             return _internal_error(request)
-        log.warning(
-            "database unavailable: %s", type(exc).__name__, extra={"path": request.url.path}
-        )
+        log.warning("database %s: %s", state, type(exc).__name__, extra={"path": request.url.path})
         return problem(
             503,
             "Service unavailable",
-            "the database cannot be reached right now; try again in a moment",
+            f"{detail}; try again in a moment",
             retry_after=DATABASE_RETRY_AFTER,
         )
 

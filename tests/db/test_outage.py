@@ -1,21 +1,24 @@
-"""Telling "the database cannot be reached" from other errors, and the API's 503 for it."""
+"""Telling "the database cannot be reached" (or is too busy to give us a turn) from other
+errors, and the API's 503 for it."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, IntegrityError, PendingRollbackError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, PendingRollbackError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import create_async_engine
 from tests.support import eventually
 
 from wanotify import problems
 from wanotify.db.engine import make_engine
-from wanotify.db.outage import is_unavailable
+from wanotify.db.outage import is_busy, is_unavailable
 from wanotify.settings import Settings
 
 
@@ -75,6 +78,42 @@ def test_an_unreachable_database_is_recognised(error: BaseException) -> None:
 )
 def test_other_errors_are_not_an_outage(error: BaseException) -> None:
     assert not is_unavailable(error)
+    assert not is_busy(error)
+
+
+async def test_a_pool_with_no_connection_free_in_time_is_busy(tmp_path: Path) -> None:
+    engine = create_async_engine(
+        f"sqlite+aiosqlite:///{tmp_path / 'busy.db'}", pool_size=1, max_overflow=0, pool_timeout=0.1
+    )
+    try:
+        async with engine.connect():  # the pool's one connection, held
+            with pytest.raises(PoolTimeout) as waited:
+                async with engine.connect():
+                    pass
+        assert is_busy(waited.value)
+        assert not is_unavailable(waited.value)
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_locked_by_another_process_past_the_busy_timeout_is_busy(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (n integer)")
+    holder.execute("BEGIN IMMEDIATE")  # another process's write lock, as the CLI's would be
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0.1})
+    try:
+        with pytest.raises(OperationalError) as locked:
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t (n) VALUES (1)"))
+        assert is_busy(locked.value)
+        assert not is_unavailable(locked.value)
+    finally:
+        holder.rollback()
+        holder.close()
+        await engine.dispose()
 
 
 async def test_a_connection_cut_by_postgresql_is_recognised() -> None:
@@ -133,6 +172,10 @@ async def test_the_api_answers_503_while_the_database_is_unreachable() -> None:
     async def masked_loss() -> None:
         raise masked(wrapped(Exception("closed"), invalidated=True))
 
+    @app.get("/busy")
+    async def busy() -> None:
+        raise PoolTimeout("QueuePool limit of size 1 overflow 0 reached, connection timed out")
+
     @app.get("/bug")
     async def bug() -> None:
         raise IntegrityError("INSERT", None, Exception("duplicate key"))
@@ -145,6 +188,10 @@ async def test_the_api_answers_503_while_the_database_is_unreachable() -> None:
             assert response.headers["content-type"] == problems.MEDIA_TYPE
             assert response.headers["retry-after"] == str(problems.DATABASE_RETRY_AFTER)
             assert "database cannot be reached" in response.json()["detail"]
+        response = await client.get("/busy")
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == str(problems.DATABASE_RETRY_AFTER)
+        assert "database is too busy" in response.json()["detail"]
         response = await client.get("/bug")
         assert response.status_code == 500, response.text
         assert response.json()["title"] == "Internal error"
