@@ -26,10 +26,10 @@ def plain_integer(value: object) -> object:
     """A query string's integer as the OpenAPI schema says one is written: digits, maybe a
     minus. Pydantic's lax ``int`` would also read ``' 5'``, ``'+5'``, ``'5_0'`` (50) and
     ``'5.0'``: a typo quietly taken for another number (found by schemathesis)."""
-    if isinstance(value, str) and not (
-        value.removeprefix("-").isascii() and value.removeprefix("-").isdigit()
-    ):
-        raise ValueError("must be a whole number written in digits")
+    if isinstance(value, str):
+        digits = value.removeprefix("-")
+        if not (digits.isascii() and digits.isdigit()):
+            raise ValueError("must be a whole number written in digits")
     return value
 
 

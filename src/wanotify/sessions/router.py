@@ -39,10 +39,7 @@ def _out(row: WhatsAppSession) -> SessionOut:
 
 
 @router.post("/api/sessions/init", response_model=SessionOut)
-async def init_session(
-    principal: Admin, manager: ManagerDep, response: Response, db: SessionDep
-) -> SessionOut:
-    await db.close()  # hold no pooled connection while the session's owner works
+async def init_session(principal: Admin, manager: ManagerDep, response: Response) -> SessionOut:
     row, created = await manager.init(org_id=principal.org_id, actor=principal.actor)
     response.status_code = 201 if created else 200
     return _out(row)
@@ -89,24 +86,21 @@ async def session_events(principal: Viewer, request: Request) -> AsyncIterator[S
 
 
 @router.post("/api/sessions/logout", response_model=SessionOut)
-async def logout(principal: Admin, manager: ManagerDep, db: SessionDep) -> SessionOut:
-    await db.close()  # hold no pooled connection while the session's owner works
+async def logout(principal: Admin, manager: ManagerDep) -> SessionOut:
     return _out(await manager.logout(org_id=principal.org_id, actor=principal.actor))
 
 
 @router.post("/api/sessions/disconnect", response_model=SessionOut)
-async def disconnect(principal: Admin, manager: ManagerDep, db: SessionDep) -> SessionOut:
+async def disconnect(principal: Admin, manager: ManagerDep) -> SessionOut:
     """Close the connection but keep the link; init reconnects without a QR."""
-    await db.close()  # hold no pooled connection while the session's owner works
     return _out(await manager.disconnect(org_id=principal.org_id, actor=principal.actor))
 
 
 @router.post("/api/sessions/pairing-code", response_model=PairingOut)
 async def pairing_code(
-    body: PairingIn, principal: Admin, manager: ManagerDep, settings: SettingsDep, db: SessionDep
+    body: PairingIn, principal: Admin, manager: ManagerDep, settings: SettingsDep
 ) -> PairingOut:
     """Link by phone number instead of QR: type the code in WhatsApp > Linked devices."""
-    await db.close()  # hold no pooled connection while the session's owner works
     phone = to_e164(body.phone, default_region=settings.default_region)
     code = await manager.request_pairing_code(
         org_id=principal.org_id, phone=phone, actor=principal.actor
