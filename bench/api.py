@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.fernet import Fernet
-from harness import percentile
+from harness import percentile, run
 from scratch import DEFAULT_PG, scratch_database
 
 BODY = {
@@ -269,4 +269,4 @@ if __name__ == "__main__":
     parser.add_argument(
         "--processes", type=int, default=1, help="serve processes sharing the port (--reuse-port)"
     )
-    asyncio.run(main(parser.parse_args()))
+    run(main(parser.parse_args()))

@@ -4,15 +4,30 @@ resident memory, a scratch SQLite file."""
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from cryptography.fernet import Fernet
 
+from wanotify import eventloop
 from wanotify.runtime import Runtime
-from wanotify.settings import Settings
+from wanotify.settings import EventLoopName, Settings
 from wanotify.transports.simulator import SimulatorNetwork
+
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a benchmark on the event loop the service would use (``WANOTIFY_EVENT_LOOP``,
+    default ``auto``: uvloop when installed), so it measures what ``serve`` and ``worker`` do."""
+    name = os.environ.get("WANOTIFY_EVENT_LOOP", "auto")
+    if name not in ("auto", "asyncio", "uvloop"):
+        raise SystemExit(f"WANOTIFY_EVENT_LOOP={name!r}: use auto, asyncio or uvloop")
+    return eventloop.run(main, cast(EventLoopName, name))
 
 
 def make_settings(database_url: str, data: Path, *, encryption_key: str = "") -> Settings:

@@ -20,7 +20,6 @@ pacing off), in a scratch database. Prints two tables:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import contextlib
 import functools
@@ -33,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from harness import make_settings, percentile, sqlite_url
+from harness import make_settings, percentile, run, sqlite_url
 from pipeline import link_orgs, steady
 from scratch import DEFAULT_PG, scratch_database
 from sqlalchemy import event
@@ -159,4 +158,4 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--orgs", type=int, default=10)
     parser.add_argument("--sqlite", action="store_true", help="the embedded default instead")
-    asyncio.run(main(parser.parse_args()))
+    run(main(parser.parse_args()))

@@ -39,7 +39,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
-from harness import link_session, make_settings, percentile, sqlite_url
+from harness import link_session, make_settings, percentile, run, sqlite_url
 from scratch import DEFAULT_PG, plain, scratch_database
 from sqlalchemy import event, func, select
 
@@ -411,4 +411,4 @@ if __name__ == "__main__":
     parser.add_argument("--peer-concurrency", type=int, default=32)
     parser.add_argument("--no-sqlite", dest="sqlite", action="store_false")
     parser.add_argument("--profile", default="", help="write a pyinstrument HTML profile here")
-    asyncio.run(main(parser.parse_args()))
+    run(main(parser.parse_args()))

@@ -38,7 +38,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from cryptography.fernet import Fernet
-from harness import make_settings, percentile
+from harness import make_settings, percentile, run
 from pipeline import bounded, enqueue, link_orgs, offer, until_done
 from scratch import DEFAULT_PG, scratch_database
 from sqlalchemy import event
@@ -56,7 +56,7 @@ ENQUEUERS = 16  # concurrent enqueues, as an API server's concurrent requests
 def worker_process(url: str, key: str, index: int, orgs: int, pipe: Connection) -> None:
     """Link ``orgs`` orgs and send their notifications until told to stop; answers the
     parent's questions over ``pipe``."""
-    asyncio.run(_worker(url, key, index, orgs, pipe))
+    run(_worker(url, key, index, orgs, pipe))
 
 
 async def _worker(url: str, key: str, index: int, orgs: int, pipe: Connection) -> None:
@@ -256,4 +256,4 @@ if __name__ == "__main__":
     parser.add_argument("--notifications", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=10.0, help="steady-load duration")
     parser.add_argument("--load", type=float, default=0.6, help="steady rate ÷ end-to-end rate")
-    asyncio.run(main(parser.parse_args()))
+    run(main(parser.parse_args()))

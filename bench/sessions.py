@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet
-from harness import link_session, make_settings, percentile, rss_bytes, sqlite_url
+from harness import link_session, make_settings, percentile, rss_bytes, run, sqlite_url
 from scratch import DEFAULT_PG, scratch_database
 from sqlalchemy import event, func, insert, select
 
@@ -491,7 +491,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        answer = asyncio.run(CHILDREN[sys.argv[2]](json.loads(sys.argv[3])))
+        answer = run(CHILDREN[sys.argv[2]](json.loads(sys.argv[3])))
         print(json.dumps(answer))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -507,4 +507,4 @@ if __name__ == "__main__":
     parser.add_argument(
         "--trace", type=int, default=0, help="tracemalloc: print the top K growing sites"
     )
-    asyncio.run(main(parser.parse_args()))
+    run(main(parser.parse_args()))

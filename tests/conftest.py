@@ -12,7 +12,7 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support import Org, Platform, create_org, create_platform, served
+from wanotify import eventloop
 from wanotify.app import create_app
 from wanotify.db.migrate import upgrade
 from wanotify.runtime import Runtime
@@ -34,6 +35,14 @@ from wanotify.transports.simulator import SimulatorNetwork
 
 PG_ADMIN_URL = os.environ.get("WANOTIFY_TEST_DATABASE_URL", "")
 RUN_ID = uuid.uuid4().hex[:8]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Async tests run on the loop the service runs on: uvloop where it is installed."""
+    factory = eventloop.loop_factory("auto")
+    return {"uvloop": factory} if factory else {"asyncio": asyncio.new_event_loop}
 
 
 def _asyncpg_dsn(url: str, database: str | None = None) -> str:

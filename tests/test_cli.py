@@ -635,6 +635,7 @@ def test_serve_and_worker_run_until_sigterm(empty_env: dict[str, str]) -> None:
     try:
         started = json.loads(_printed(server))
         assert started["url"] == f"http://127.0.0.1:{port}"
+        assert started["event_loop"] == "uvloop"  # installed with uvicorn[standard]
         assert httpx.get(f"{started['url']}/readyz", timeout=5).status_code == 200
         assert revision(empty_env) == migrate.head_revision()  # serve migrated it first
         worker = _start(empty_env, "worker")
@@ -649,6 +650,21 @@ def test_serve_and_worker_run_until_sigterm(empty_env: dict[str, str]) -> None:
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
+
+
+@pytest.mark.e2e
+def test_the_event_loop_is_a_setting(env: dict[str, str]) -> None:
+    """``WANOTIFY_EVENT_LOOP=asyncio`` runs the service on asyncio's own loop (uvloop is the
+    default); a name that is not a loop is refused before anything starts."""
+    worker = _start(env | {"WANOTIFY_EVENT_LOOP": "asyncio"}, "worker", "--json")
+    try:
+        assert json.loads(_printed(worker))["event_loop"] == "asyncio"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    refused = error(env | {"WANOTIFY_EVENT_LOOP": "libev"}, "worker")
+    assert "invalid WANOTIFY_* setting" in refused and "event_loop" in refused
 
 
 @pytest.mark.e2e

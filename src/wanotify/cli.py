@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from wanotify import __version__, logs
+from wanotify import __version__, eventloop, logs
 from wanotify.app import create_app
 from wanotify.auth import service as auth
 from wanotify.db import migrate as migrations
@@ -45,7 +45,7 @@ from wanotify.orgs import service as orgs
 from wanotify.phones import to_e164
 from wanotify.runtime import Runtime
 from wanotify.sessions import service as sessions
-from wanotify.settings import Settings
+from wanotify.settings import EventLoopName, Settings
 
 T = TypeVar("T")
 
@@ -111,10 +111,11 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's async body; turn the user's mistakes into a message and exit code 1."""
+def run(coro: Coroutine[Any, Any, T], loop: EventLoopName = "auto") -> T:
+    """Run a command's async body on the ``loop`` chosen (``eventloop``); turn the user's
+    mistakes into a message and exit code 1."""
     try:
-        return asyncio.run(coro)
+        return eventloop.run(coro, loop)
     except (DomainError, CliError) as exc:
         fail(exc.detail if isinstance(exc, DomainError) else str(exc))
     except OperationalError as exc:
@@ -266,7 +267,7 @@ def serve_forever(
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
         previous = signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
-        run(server.serve(sockets=[sock]))
+        run(server.serve(sockets=[sock]), settings.event_loop)
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled after shutting down
         pass
     except SystemExit as exc:  # uvicorn exits when the app's startup fails
@@ -306,8 +307,9 @@ def serve(
     url = base_url(settings)
 
     def announce() -> None:
+        loop = eventloop.running_loop_name()
         out.result(
-            {"url": url, "docs": f"{url}/docs", "workers": not workers_off},
+            {"url": url, "docs": f"{url}/docs", "workers": not workers_off, "event_loop": loop},
             [f"wanotify {__version__} listening on {url} (API docs: {url}/docs)"],
         )
 
@@ -327,7 +329,11 @@ async def _worker(settings: Settings, out: Output) -> None:
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
     out.result(
-        {"instance_id": settings.instance_id, "status": "running"},
+        {
+            "instance_id": settings.instance_id,
+            "status": "running",
+            "event_loop": eventloop.running_loop_name(),
+        },
         [f"worker {settings.instance_id} running; Ctrl-C to stop"],
     )
     try:
@@ -347,7 +353,7 @@ def worker(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     settings = load_settings()
     logs.configure(settings.log_level, json_lines=settings.log_json)
     with contextlib.suppress(KeyboardInterrupt):
-        run(_worker(settings, out))
+        run(_worker(settings, out), settings.event_loop)
 
 
 SUPABASE_NOTE = (

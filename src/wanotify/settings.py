@@ -17,6 +17,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TransportName = Literal["simulator", "whatsmeow", "cloud"]
+EventLoopName = Literal["auto", "asyncio", "uvloop"]
 
 
 def _default_instance_id() -> str:
@@ -187,6 +188,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     redis_url: str = ""
+    event_loop: EventLoopName = Field(
+        default="auto",
+        description="loop of serve, worker and demo: auto (uvloop when installed), asyncio, uvloop",
+    )
 
     # rate limits ("N/second|minute|hour|day", see the ``limits`` library); 429 when exceeded
     rate_limit_enabled: bool = True
