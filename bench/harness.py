@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 
 from cryptography.fernet import Fernet
 
-from wanotify import eventloop
+from wanotify import process
 from wanotify.runtime import Runtime
 from wanotify.settings import EventLoopName, Settings
 from wanotify.transports.simulator import SimulatorNetwork
@@ -27,7 +27,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     name = os.environ.get("WANOTIFY_EVENT_LOOP", "auto")
     if name not in ("auto", "asyncio", "uvloop"):
         raise SystemExit(f"WANOTIFY_EVENT_LOOP={name!r}: use auto, asyncio or uvloop")
-    return eventloop.run(main, cast(EventLoopName, name))
+    return process.run(main, cast(EventLoopName, name))
 
 
 def make_settings(database_url: str, data: Path, *, encryption_key: str = "") -> Settings:

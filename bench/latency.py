@@ -37,6 +37,7 @@ from pipeline import link_orgs, steady
 from scratch import DEFAULT_PG, scratch_database
 from sqlalchemy import event
 
+from wanotify.process import after_startup
 from wanotify.runtime import Runtime
 from wanotify.transports import build_transport
 from wanotify.transports.simulator import SimulatorNetwork
@@ -102,6 +103,7 @@ async def running(database_url: str) -> AsyncIterator[Runtime]:
     network = SimulatorNetwork(delivery_delay_seconds=0.0, send_latency_seconds=0.0)
     runtime = Runtime(settings, transport=build_transport(settings, network=network))
     await runtime.start()
+    after_startup()  # as ``wanotify worker`` does
     try:
         yield runtime
     finally:

@@ -47,6 +47,7 @@ from wanotify.clock import utcnow
 from wanotify.notifications import service as notifications
 from wanotify.notifications.models import Notification
 from wanotify.orgs import service as orgs
+from wanotify.process import after_startup
 from wanotify.runtime import Runtime
 from wanotify.transports import build_transport
 from wanotify.transports.simulator import SimulatorNetwork
@@ -266,6 +267,7 @@ async def ours(args: argparse.Namespace, database_url: str, backend: str) -> lis
     network = SimulatorNetwork(delivery_delay_seconds=0.0, send_latency_seconds=0.0)
     runtime = Runtime(settings, transport=build_transport(settings, network=network))
     await runtime.start()
+    after_startup()  # as ``wanotify worker`` does
     try:
         org_ids = await link_orgs(runtime, args.orgs)
         profile = args.profile if backend == "postgresql" else ""

@@ -43,6 +43,7 @@ from pipeline import bounded, enqueue, link_orgs, offer, until_done
 from scratch import DEFAULT_PG, scratch_database
 from sqlalchemy import event
 
+from wanotify.process import after_startup
 from wanotify.runtime import Runtime
 from wanotify.transports import build_transport
 from wanotify.transports.simulator import SimulatorNetwork
@@ -67,6 +68,7 @@ async def _worker(url: str, key: str, index: int, orgs: int, pipe: Connection) -
     network = SimulatorNetwork(delivery_delay_seconds=0.0, send_latency_seconds=0.0)
     runtime = Runtime(settings, transport=build_transport(settings, network=network))
     await runtime.start(auto_migrate=False)
+    after_startup()  # as ``wanotify worker`` does
     statements: collections.Counter[str] = collections.Counter()
 
     def count(_conn: object, _cursor: object, sql: str, *_: object) -> None:
@@ -192,6 +194,7 @@ async def one_run(args: argparse.Namespace, count: int) -> Result:
         )
         runtime = Runtime(settings)
         await runtime.start(workers=False)  # migrates; enqueues only
+        after_startup()  # as ``wanotify serve`` does
         workers, org_ids = await asyncio.to_thread(
             start_workers, url, key, count, max(1, args.orgs // count)
         )

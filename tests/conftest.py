@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support import Org, Platform, create_org, create_platform, served
-from wanotify import eventloop
+from wanotify import process
 from wanotify.app import create_app
 from wanotify.db.migrate import upgrade
 from wanotify.runtime import Runtime
@@ -41,7 +41,7 @@ def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Async tests run on the loop the service runs on: uvloop where it is installed."""
-    factory = eventloop.loop_factory("auto")
+    factory = process.loop_factory("auto")
     return {"uvloop": factory} if factory else {"asyncio": asyncio.new_event_loop}
 
 

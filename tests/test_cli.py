@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -638,6 +639,11 @@ def test_serve_and_worker_run_until_sigterm(empty_env: dict[str, str]) -> None:
         assert started["event_loop"] == "uvloop"  # installed with uvicorn[standard]
         assert httpx.get(f"{started['url']}/readyz", timeout=5).status_code == 200
         assert revision(empty_env) == migrate.head_revision()  # serve migrated it first
+        # the start-up heap is out of the collector's walks; its pauses are timed
+        scraped = httpx.get(f"{started['url']}/metrics", timeout=5).text
+        frozen = re.search(r"^wanotify_gc_frozen_objects (\S+)$", scraped, re.MULTILINE)
+        assert frozen is not None and float(frozen.group(1)) > 10_000, scraped
+        assert 'wanotify_gc_pause_seconds_count{generation="2"}' in scraped
         worker = _start(empty_env, "worker")
         try:
             assert "running" in _printed(worker)

@@ -3,6 +3,7 @@ whether the database can be reached (503 problem+json while it cannot, 200 once 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -20,6 +21,7 @@ from tests.support import (
     message_with_status,
     notification_finished,
 )
+from wanotify import process
 from wanotify.db.notify import plain_dsn
 from wanotify.settings import Settings
 from wanotify.transports.simulator import SimulatorNetwork
@@ -40,6 +42,23 @@ async def scrape(client: httpx.AsyncClient) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
+
+
+async def test_garbage_collections_are_timed_once_the_process_has_started(
+    client: httpx.AsyncClient,
+) -> None:
+    """What the long-running commands do after start-up (``process.after_startup``): the
+    start-up heap is frozen, and every collection's pause lands in the histogram."""
+    process.after_startup()
+    try:
+        before = await scrape(client)
+        assert value(before, "wanotify_gc_frozen_objects") > 10_000
+        gc.collect()
+        after = await scrape(client)
+    finally:
+        gc.unfreeze()  # the rest of this test process collects as before
+    full = "wanotify_gc_pause_seconds_count"
+    assert value(after, full, generation="2") > value(before, full, generation="2")
 
 
 async def test_metrics_move_when_a_notification_is_sent(

@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from wanotify import __version__, eventloop, logs
+from wanotify import __version__, logs, process
 from wanotify.app import create_app
 from wanotify.auth import service as auth
 from wanotify.db import migrate as migrations
@@ -112,10 +112,10 @@ def fail(message: str) -> NoReturn:
 
 
 def run(coro: Coroutine[Any, Any, T], loop: EventLoopName = "auto") -> T:
-    """Run a command's async body on the ``loop`` chosen (``eventloop``); turn the user's
+    """Run a command's async body on the ``loop`` chosen (``process.run``); turn the user's
     mistakes into a message and exit code 1."""
     try:
-        return eventloop.run(coro, loop)
+        return process.run(coro, loop)
     except (DomainError, CliError) as exc:
         fail(exc.detail if isinstance(exc, DomainError) else str(exc))
     except OperationalError as exc:
@@ -224,6 +224,7 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
+            process.after_startup()
             self._announce()
 
 
@@ -307,7 +308,7 @@ def serve(
     url = base_url(settings)
 
     def announce() -> None:
-        loop = eventloop.running_loop_name()
+        loop = process.running_loop_name()
         out.result(
             {"url": url, "docs": f"{url}/docs", "workers": not workers_off, "event_loop": loop},
             [f"wanotify {__version__} listening on {url} (API docs: {url}/docs)"],
@@ -321,6 +322,7 @@ async def _worker(settings: Settings, out: Output) -> None:
     released) so another instance takes the sessions over at once."""
     runtime = build_runtime(settings)
     await runtime.start(workers=True)
+    process.after_startup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []
@@ -332,7 +334,7 @@ async def _worker(settings: Settings, out: Output) -> None:
         {
             "instance_id": settings.instance_id,
             "status": "running",
-            "event_loop": eventloop.running_loop_name(),
+            "event_loop": process.running_loop_name(),
         },
         [f"worker {settings.instance_id} running; Ctrl-C to stop"],
     )
