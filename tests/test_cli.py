@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from typer.testing import CliRunner, Result
 
 from tests.support import eventually, free_port
-from wanotify import __version__, cli
+from wanotify import __version__, cli, process
 from wanotify.auth import service as auth
 from wanotify.auth.models import Profile
 from wanotify.db import migrate
@@ -671,6 +671,15 @@ def test_the_event_loop_is_a_setting(env: dict[str, str]) -> None:
     assert worker.returncode == 0, err
     refused = error(env | {"WANOTIFY_EVENT_LOOP": "libev"}, "worker")
     assert "invalid WANOTIFY_* setting" in refused and "event_loop" in refused
+
+
+def test_a_loop_that_is_not_installed_is_refused(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as where uvloop is not installed
+    refused = error(env | {"WANOTIFY_EVENT_LOOP": "uvloop"}, "worker")
+    assert "uvloop is not installed" in refused
+    assert process.loop_factory("auto") is None  # the default falls back to asyncio's loop
 
 
 @pytest.mark.e2e

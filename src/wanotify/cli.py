@@ -116,7 +116,7 @@ def run(coro: Coroutine[Any, Any, T], loop: EventLoopName = "auto") -> T:
     mistakes into a message and exit code 1."""
     try:
         return process.run(coro, loop)
-    except (DomainError, CliError) as exc:
+    except (DomainError, CliError, process.LoopUnavailable) as exc:
         fail(exc.detail if isinstance(exc, DomainError) else str(exc))
     except OperationalError as exc:
         fail(f"database error: {exc.orig}")

@@ -23,6 +23,10 @@ from wanotify.settings import EventLoopName
 T = TypeVar("T")
 
 
+class LoopUnavailable(RuntimeError):
+    """The loop asked for by name is not installed."""
+
+
 def loop_factory(name: EventLoopName) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The factory for ``asyncio.Runner``; ``None`` means asyncio's default loop."""
     if name == "asyncio":
@@ -31,7 +35,7 @@ def loop_factory(name: EventLoopName) -> Callable[[], asyncio.AbstractEventLoop]
         import uvloop
     except ImportError:
         if name == "uvloop":
-            raise RuntimeError(
+            raise LoopUnavailable(
                 "WANOTIFY_EVENT_LOOP=uvloop but uvloop is not installed (pip install uvloop)"
             ) from None
         return None
@@ -40,7 +44,12 @@ def loop_factory(name: EventLoopName) -> Callable[[], asyncio.AbstractEventLoop]
 
 def run(coro: Coroutine[Any, Any, T], name: EventLoopName = "auto") -> T:
     """``asyncio.run`` on the chosen loop."""
-    with asyncio.Runner(loop_factory=loop_factory(name)) as runner:
+    try:
+        factory = loop_factory(name)
+    except LoopUnavailable:
+        coro.close()  # never started: no "never awaited" warning
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coro)
 
 
