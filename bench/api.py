@@ -13,7 +13,10 @@ low.
     python bench/api.py --processes 2          # two serve processes share the port
     python bench/api.py --profile stacks.txt   # py-spy the (first) server (collapsed stacks)
 
-Prints a table: offered and achieved rate, p50/p99/max latency, errors (non-2xx, timeouts).
+Prints a table: offered and achieved rate, p50/p99/max latency, errors (non-2xx, timeouts);
+then the server's garbage collections during the measured load, from its ``/metrics``
+(``wanotify_gc_pause_seconds``; with ``--processes 2``, those of whichever process answered the
+scrape).
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from cryptography.fernet import Fernet
 from harness import percentile, run
+from prometheus_client.parser import text_string_to_metric_families
 from scratch import DEFAULT_PG, scratch_database
 
 BODY = {
@@ -185,6 +190,41 @@ async def offer(
     return results, n / (loop.time() - start)
 
 
+GcPauses = dict[str, tuple[float, float]]
+
+
+async def gc_pauses(port: int) -> GcPauses:
+    """The server's garbage-collection pauses so far: generation → (collections, seconds).
+    Empty when the server does not export them."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics", timeout=10)).text
+    counts: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "wanotify_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            generation = sample.labels.get("generation", "")
+            if sample.name.endswith("_count"):
+                counts[generation] = sample.value
+            elif sample.name.endswith("_sum"):
+                sums[generation] = sample.value
+    return {g: (counts[g], sums.get(g, 0.0)) for g in counts}
+
+
+def print_gc(before: GcPauses, after: GcPauses) -> None:
+    if not after:
+        print("\nthe server exports no garbage-collection pauses (wanotify_gc_pause_seconds)")
+        return
+    print("\n| generation | collections during the load | total ms | mean ms |")
+    print("|---|---|---|---|")
+    for generation in sorted(after):
+        count = after[generation][0] - before.get(generation, (0.0, 0.0))[0]
+        seconds = after[generation][1] - before.get(generation, (0.0, 0.0))[1]
+        mean = seconds * 1000 / count if count else float("nan")
+        print(f"| {generation} | {count:,.0f} | {seconds * 1000:.1f} | {mean:.2f} |")
+
+
 async def main(args: argparse.Namespace) -> None:
     async with scratch_database(args.database_url, "wanotify_api_bench") as url:
         data = Path(tempfile.mkdtemp(prefix="wanotify-api-bench-"))
@@ -230,9 +270,11 @@ async def main(args: argparse.Namespace) -> None:
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.DEVNULL,
                 )
+            gc_before = await gc_pauses(port)
             results, achieved = await offer(
                 port, key["key"], args.rate, args.seconds, args.connections, args.timeout
             )
+            gc_after = await gc_pauses(port)
             if spy is not None:
                 await spy.wait()
         finally:
@@ -254,6 +296,7 @@ async def main(args: argparse.Namespace) -> None:
         f"{max(lat) if lat else float('nan'):.1f} | {'on' if args.workers else 'off'} | "
         f"{args.processes} |"
     )
+    print_gc(gc_before, gc_after)
     print(f"\nconnections={args.connections} load average {os.getloadavg()[0]:.2f} (1 min)")
 
 
