@@ -49,14 +49,17 @@ async def test_garbage_collections_are_timed_once_the_process_has_started(
 ) -> None:
     """What the long-running commands do after start-up (``process.after_startup``): the
     start-up heap is frozen, and every collection's pause lands in the histogram."""
+    thresholds = gc.get_threshold()
     process.after_startup()
     try:
+        assert gc.get_threshold()[0] == process.YOUNG_GENERATION_THRESHOLD
         before = await scrape(client)
         assert value(before, "wanotify_gc_frozen_objects") > 10_000
         gc.collect()
         after = await scrape(client)
-    finally:
-        gc.unfreeze()  # the rest of this test process collects as before
+    finally:  # the rest of this test process collects as before
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
     full = "wanotify_gc_pause_seconds_count"
     assert value(after, full, generation="2") > value(before, full, generation="2")
 
