@@ -61,7 +61,7 @@ def running_loop_name() -> str:
 
 #: Young collections wait for this many more container objects made than freed (Python's
 #: default is 700). A request or a send makes a few hundred objects before it frees them, so
-#: at 700 young collections ran 45–110 times a second at 1,000 requests/s, walking and
+#: at 700 young collections ran 45 to 135 times a second at 1,000 requests/s, walking and
 #: promoting what was in flight; at 10,000, two or three times in 10 s (``bench/api.py``
 #: prints them).
 YOUNG_GENERATION_THRESHOLD = 10_000
