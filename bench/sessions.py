@@ -49,6 +49,7 @@ from sqlalchemy import event, func, insert, select
 
 from wanotify.db.audit import AuditLog
 from wanotify.orgs.models import Organization
+from wanotify.process import after_startup
 from wanotify.runtime import Runtime
 from wanotify.sessions.models import WhatsAppSession
 from wanotify.transports import build_transport
@@ -127,6 +128,7 @@ async def child_memory(p: dict[str, Any]) -> dict[str, Any]:
     network = SimulatorNetwork(delivery_delay_seconds=0.0)
     runtime = Runtime(settings, transport=build_transport(settings, network=network))
     await runtime.start()
+    after_startup()  # as ``wanotify worker`` does
     try:
         n, warmup = p["n"], p["warmup"]
         org_ids = await bulk_orgs(runtime, warmup + n)
@@ -269,6 +271,7 @@ async def child_restart(p: dict[str, Any]) -> dict[str, Any]:
     try:
         await runtime.start()
         start_returned = time.perf_counter() - started
+        after_startup()  # as ``wanotify worker`` does, while the sessions reconnect
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(everyone.wait(), p["give_up"])
         elapsed = time.perf_counter() - started
