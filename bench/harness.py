@@ -9,7 +9,7 @@ import tempfile
 import uuid
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, get_args
 
 from cryptography.fernet import Fernet
 
@@ -25,8 +25,10 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """Run a benchmark on the event loop the service would use (``WANOTIFY_EVENT_LOOP``,
     default ``auto``: uvloop when installed), so it measures what ``serve`` and ``worker`` do."""
     name = os.environ.get("WANOTIFY_EVENT_LOOP", "auto")
-    if name not in ("auto", "asyncio", "uvloop"):
-        raise SystemExit(f"WANOTIFY_EVENT_LOOP={name!r}: use auto, asyncio or uvloop")
+    names = get_args(EventLoopName)
+    if name not in names:
+        main.close()  # never started
+        raise SystemExit(f"WANOTIFY_EVENT_LOOP={name!r}: use one of {', '.join(names)}")
     return process.run(main, cast(EventLoopName, name))
 
 
