@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import make_settings, percentile, run, sqlite_url
-from pipeline import link_orgs, steady
+from pipeline import Settled, link_orgs, steady
 from scratch import DEFAULT_PG, scratch_database
 from sqlalchemy import event
 
@@ -119,7 +119,7 @@ async def measure(args: argparse.Namespace, database_url: str) -> None:
         time_calls(runtime.dispatcher, "_claim", "claim", steps)
         time_calls(runtime.dispatcher._before_send, "run_batched", "message row", steps)
         with timed_statements(runtime, statements):
-            latencies, achieved = await steady(runtime, org_ids, args.rate, args.seconds, 0)
+            latencies, achieved = await steady(runtime, org_ids, args.rate, args.seconds, Settled())
     n = len(latencies)
     print(f"\n{n:,} notifications at {achieved:,.1f}/s over {args.orgs} orgs\n")
     print("| step | per notification | p50 ms | p99 ms | mean ms |")

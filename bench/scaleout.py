@@ -161,7 +161,12 @@ async def steady(
     """Open loop at ``rate``/s; latencies (ms), the rate achieved, and how many were sent."""
     n = min(20_000, max(1, int(rate * seconds)))
     scheduled, achieved = await offer(
-        runtime, org_ids, rate, n, lambda i: _phone(1 + i // 10_000, i), done
+        runtime,
+        org_ids,
+        rate,
+        n,
+        lambda i: _phone(1 + i // 10_000, i),
+        lambda: until_done(runtime, done + n),
     )
     accepted: dict[str, str] = {}
     for answer in workers.ask("accepted", list(scheduled)):

@@ -16,17 +16,31 @@
   connect, instead of in every transaction (``rls.hold_worker_scope``).
 - PostgreSQL tells a listener which backend sent a ``NOTIFY``: a process keeps its own
   connections' backend ids (``track_backend_pids``) to skip the news it sent itself.
-- A multi-row ``UPDATE`` with a value of each row's own (``per_row``): on PostgreSQL two array
-  parameters (the keys, the values) and ``array_position``, a statement of one shape whatever
-  the group's size; on SQLite ``CASE key WHEN … THEN … END``, a bound value per row.
+- A multi-row ``UPDATE`` with values of each row's own (``by_key``): on PostgreSQL
+  ``UPDATE … FROM unnest(keys, values…)``, one array parameter a column, a statement of one
+  shape whatever the group's size, each row found through its index; on SQLite
+  ``WHERE key IN (…)`` and ``CASE key WHEN … THEN … END``, a bound value per row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Text, bindparam, case, cast, event, func, literal, select
+from sqlalchemy import (
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    column,
+    event,
+    func,
+    literal,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
@@ -34,7 +48,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
-from sqlalchemy.sql.elements import ColumnElement, Grouping
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
 from wanotify.db.rls import ScopedSession, hold_worker_scope
@@ -115,19 +129,62 @@ def session_class(engine: AsyncEngine, *, rls: bool) -> type[Session]:
     return Session if is_sqlite(engine) or not rls else ScopedSession
 
 
-def per_row(
-    dialect_name: str, key: ColumnElement[Any], values: Mapping[Any, Any], type_: TypeEngine[Any]
-) -> Any:
-    """The value ``values`` gives for each row's ``key`` (NULL for a key it does not name), for
-    one ``UPDATE … WHERE key IN (…)`` that settles a whole group (each message its own
-    ``sent_at``, each receipt its own time). The values are bound with ``type_``, so
-    ``UTCDateTime`` stores them as it stores any other time. On PostgreSQL an array lookup:
-    building and compiling a ``CASE`` of a group's size was 13 % of the drain's CPU."""
+@dataclass(frozen=True)
+class ByKey:
+    """The rows of one multi-row ``UPDATE`` and each one's own values:
+    ``update(t).where(by.match, …).values(col=by["name"])``."""
+
+    match: ColumnElement[bool]
+    values: Mapping[str, ColumnElement[Any]]
+
+    def __getitem__(self, name: str) -> ColumnElement[Any]:
+        return self.values[name]
+
+
+def by_key(
+    dialect_name: str,
+    keys: Sequence[ColumnElement[Any]],
+    rows: Mapping[Any, Sequence[Any]],
+    types: Mapping[str, TypeEngine[Any]],
+) -> ByKey:
+    """One ``UPDATE`` that settles a whole group, each row its own values (each message its
+    own ``sent_at``, each receipt its own time). ``rows``: the key (a tuple when ``keys`` are
+    several columns) → its values, in the order of ``types``; a value is bound with its type,
+    so ``UTCDateTime`` stores it as it stores any other time.
+
+    On PostgreSQL the group is a table, ``unnest`` of one array per column, joined to the rows
+    by their keys: one statement text for any group size (prepared once), each row found
+    through the key's index. The ``array_position`` lookup it replaces scanned the whole array
+    for every row: a group of 2,000 receipts took 50 ms on the server, against 13."""
+    keyed = [k if len(keys) > 1 else (k,) for k in rows]
     if dialect_name == "postgresql":
-        keys = bindparam(None, list(values), type_=ARRAY(key.type), unique=True)
-        found = bindparam(None, list(values.values()), type_=ARRAY(type_), unique=True)
-        return Grouping(found)[func.array_position(keys, key)]
-    return case({k: literal(v, type_) for k, v in values.items()}, value=key)
+        columns = [
+            *(column(f"key{i}", key.type) for i, key in enumerate(keys)),
+            *(column(name, type_) for name, type_ in types.items()),
+        ]
+        arrays = [
+            *(_array([k[i] for k in keyed], key.type) for i, key in enumerate(keys)),
+            *(_array([v[j] for v in rows.values()], t) for j, t in enumerate(types.values())),
+        ]
+        given = func.unnest(*arrays).table_valued(*columns).render_derived()
+        return ByKey(
+            and_(*(key == given.c[f"key{i}"] for i, key in enumerate(keys))),
+            {name: given.c[name] for name in types},
+        )
+    one = len(keys) == 1
+    match = keys[0].in_([k for (k,) in keyed]) if one else tuple_(*keys).in_(keyed)
+    whens = [and_(*(key == v for key, v in zip(keys, k, strict=True))) for k in keyed]
+    return ByKey(
+        match,
+        {
+            name: case(*((w, literal(v[j], t)) for w, v in zip(whens, rows.values(), strict=True)))
+            for j, (name, t) in enumerate(types.items())
+        },
+    )
+
+
+def _array(values: list[Any], type_: TypeEngine[Any]) -> Any:
+    return bindparam(None, values, type_=ARRAY(type_), unique=True)
 
 
 def skip_locked(query: Select[Any]) -> Select[Any]:

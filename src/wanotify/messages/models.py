@@ -21,7 +21,7 @@ class WhatsAppMessage(Base):
         CheckConstraint(f"status IN {MESSAGE_STATUSES!r}", name="status"),
         CheckConstraint(f"message_type IN {MESSAGE_TYPES!r}", name="message_type"),
         Index("ix_messages_org_created", "org_id", "created_at"),
-        Index("ix_messages_wamid", "whatsapp_message_id"),
+        Index("ix_messages_wamid_session", "whatsapp_message_id", "session_id"),  # receipts
         Index("ix_messages_session_sent", "session_id", "sent_at"),  # pacing: a number's sends
     )
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, tuple_, update
+from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from wanotify.clock import utcnow
 from wanotify.db.base import UTCDateTime, complete_row, new_id
-from wanotify.db.dialect import insert, per_row
+from wanotify.db.dialect import ByKey, by_key, insert
 from wanotify.db.group_commit import Batch
 from wanotify.db.pagination import Page, newest_first
 from wanotify.errors import NotFound
@@ -177,30 +177,35 @@ async def mark_sent_many(db: AsyncSession, *, sent: Mapping[uuid.UUID, Sent]) ->
         return
     t = MESSAGES
     dialect = db.get_bind().dialect.name
-    at = per_row(dialect, t.c.id, {k: v.at for k, v in sent.items()}, UTCDateTime())
-    values: dict[str, Any] = {"sent_at": func.coalesce(t.c.sent_at, at)}
-    provided = {k: v.provider_id for k, v in sent.items() if v.provider_id}
-    if provided:
-        values["whatsapp_message_id"] = func.coalesce(
-            per_row(dialect, t.c.id, provided, t.c.whatsapp_message_id.type),
-            t.c.whatsapp_message_id,
-        )
+    types = {"at": UTCDateTime(), "provider_id": t.c.whatsapp_message_id.type}
+
+    def values(by: ByKey) -> dict[str, Any]:
+        values: dict[str, Any] = {"sent_at": func.coalesce(t.c.sent_at, by["at"])}
+        if any(v.provider_id for v in sent.values()):
+            values["whatsapp_message_id"] = func.coalesce(
+                by["provider_id"], t.c.whatsapp_message_id
+            )
+        return values
+
+    rows = {k: (v.at, v.provider_id) for k, v in sent.items()}
+    by = by_key(dialect, [t.c.id], rows, types)
     moved = set(
         await db.scalars(
             update(t)
-            .where(t.c.id.in_(list(sent)), t.c.status.in_(_earlier("sent")))
-            .values(status="sent", **values)
+            .where(by.match, t.c.status.in_(_earlier("sent")))
+            .values(status="sent", **values(by))
             .returning(t.c.id)
         )
     )
     if moved:
         await _emit_status(db, moved)
-    rest = [k for k in sent if k not in moved]
+    rest = {k: v for k, v in rows.items() if k not in moved}
     if rest:  # already further on (a receipt overtook this) or failed
+        by = by_key(dialect, [t.c.id], rest, types)
         await db.execute(
             update(t)
-            .where(t.c.id.in_(rest), or_(t.c.sent_at.is_(None), t.c.id.in_(list(provided))))
-            .values(**values)
+            .where(by.match, or_(t.c.sent_at.is_(None), by["provider_id"].is_not(None)))
+            .values(**values(by))
         )
 
 
@@ -371,28 +376,33 @@ async def _move_forward(
     """One ``UPDATE`` for the receipts of one status, all naming their number or none of them
     (then the WhatsApp id alone finds the message). Returns the (number, id) pairs moved."""
     t = MESSAGES
-    # each message its own time (should one id come to two numbers at once, the first time)
-    by_id: dict[str, datetime] = {}
-    for (_, wamid), at in times.items():
-        by_id.setdefault(wamid, at)
-    at = per_row(db.get_bind().dialect.name, t.c.whatsapp_message_id, by_id, UTCDateTime())
-    values: dict[str, Any] = {"status": status, "delivered_at": func.coalesce(t.c.delivered_at, at)}
-    if status == "read":
-        values["read_at"] = func.coalesce(t.c.read_at, at)
-    any_number = next(iter(times))[0] is None
-    if any_number:
-        match = t.c.whatsapp_message_id.in_(list(by_id))
+    dialect = db.get_bind().dialect.name
+    types = {"at": UTCDateTime()}
+    if next(iter(times))[0] is None:  # the WhatsApp id alone (the first time, should one id
+        by_id: dict[str, tuple[datetime]] = {}  # come to two numbers at once)
+        for (_, wamid), at in times.items():
+            by_id.setdefault(wamid, (at,))
+        by = by_key(dialect, [t.c.whatsapp_message_id], by_id, types)
+        any_number = True
     else:
-        match = tuple_(t.c.session_id, t.c.whatsapp_message_id).in_(list(times))
-    rows = await db.execute(
+        rows = {key: (at,) for key, at in times.items()}
+        by = by_key(dialect, [t.c.session_id, t.c.whatsapp_message_id], rows, types)
+        any_number = False
+    values: dict[str, Any] = {
+        "status": status,
+        "delivered_at": func.coalesce(t.c.delivered_at, by["at"]),
+    }
+    if status == "read":
+        values["read_at"] = func.coalesce(t.c.read_at, by["at"])
+    result = await db.execute(
         update(t)
-        .where(match, t.c.status.in_(_earlier(status)))
+        .where(by.match, t.c.status.in_(_earlier(status)))
         .values(**values)
         .returning(t.c.id, t.c.session_id, t.c.whatsapp_message_id)
     )
     moved: dict[tuple[uuid.UUID | None, str], uuid.UUID] = {
         (None if any_number else session_id, wamid): message_id
-        for message_id, session_id, wamid in rows
+        for message_id, session_id, wamid in result
     }
     if moved:
         await _emit_status(db, set(moved.values()))

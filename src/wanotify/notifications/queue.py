@@ -27,7 +27,7 @@ from sqlalchemy import Integer, String, Table, and_, bindparam, func, or_, selec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.db.base import UTCDateTime
-from wanotify.db.dialect import per_row, skip_locked
+from wanotify.db.dialect import by_key, skip_locked
 from wanotify.notifications.models import Notification
 from wanotify.sessions.models import WhatsAppSession
 
@@ -181,21 +181,23 @@ async def complete_many(
     if not done:
         return set()
     t = QUEUE
-    dialect = db.get_bind().dialect.name
-    at = per_row(dialect, t.c.id, {k: v[0] for k, v in done.items()}, UTCDateTime())
+    by = by_key(
+        db.get_bind().dialect.name,
+        [t.c.id],
+        done,
+        {"at": UTCDateTime(), "message_id": t.c.message_id.type},
+    )
     held = await db.scalars(
         update(t)
-        .where(t.c.id.in_(list(done)), t.c.status == "processing", t.c.locked_by == instance_id)
+        .where(by.match, t.c.status == "processing", t.c.locked_by == instance_id)
         .values(
             status="completed",
             locked_by=None,
             locked_until=None,
             last_error=None,
-            message_id=per_row(
-                dialect, t.c.id, {k: v[1] for k, v in done.items()}, t.c.message_id.type
-            ),
-            updated_at=at,
-            completed_at=at,
+            message_id=by["message_id"],
+            updated_at=by["at"],
+            completed_at=by["at"],
         )
         .returning(t.c.id)
     )
