@@ -58,6 +58,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def server_cpu_seconds() -> float:
+    """CPU seconds used so far by the PostgreSQL server's processes on this machine (Linux
+    ``/proc``; 0 when it runs elsewhere). The difference over a phase is what the server spent
+    on it, give or take the backends that exited meanwhile."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name, _, rest = text.partition(" (")[2].rpartition(") ")
+        if name == "postgres":
+            fields = rest.split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes() -> int:
     """This process's resident set size now (Linux ``/proc``)."""
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -39,7 +39,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
-from harness import link_session, make_settings, percentile, run, sqlite_url
+from harness import (
+    link_session,
+    make_settings,
+    percentile,
+    run,
+    server_cpu_seconds,
+    sqlite_url,
+)
 from scratch import DEFAULT_PG, plain, scratch_database
 from sqlalchemy import event, func, select
 
@@ -166,15 +173,18 @@ def _phone(block: int, n: int) -> str:
 
 @dataclass
 class Rate:
-    """A timed phase: per second, and this process's CPU ms and SQL statements per item."""
+    """A timed phase: per second; this process's CPU ms, the PostgreSQL server's CPU ms (when
+    it runs on this machine) and SQL statements per item."""
 
     per_second: float
     cpu_ms: float
+    server_cpu_ms: float
     statements: float
 
     @property
     def note(self) -> str:
-        return f"{self.cpu_ms:.1f} ms CPU, {self.statements:.1f} SQL statements each"
+        server = f", server {self.server_cpu_ms:.1f} ms CPU" if self.server_cpu_ms else ""
+        return f"{self.cpu_ms:.1f} ms CPU{server}, {self.statements:.1f} SQL statements each"
 
 
 @contextlib.asynccontextmanager
@@ -185,16 +195,19 @@ async def timed(runtime: Runtime, n: int, into: list[Rate]) -> AsyncIterator[Non
         statements[0] += 1
 
     engines = [e.sync_engine for e in runtime.engines]
+    postgres = runtime.engines[0].dialect.name == "postgresql"
     for engine in engines:
         event.listen(engine, "before_cursor_execute", count)
+    server = server_cpu_seconds() if postgres else 0.0
     started, cpu = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        server = server_cpu_seconds() - server if postgres else 0.0
         for engine in engines:
             event.remove(engine, "before_cursor_execute", count)
-    into.append(Rate(n / elapsed, cpu * 1000 / n, statements[0] / n))
+    into.append(Rate(n / elapsed, cpu * 1000 / n, server * 1000 / n, statements[0] / n))
 
 
 async def drain(
@@ -230,15 +243,19 @@ async def drain(
     return enqueued, drained
 
 
-async def end_to_end(runtime: Runtime, org_ids: list[uuid.UUID], n: int, settled: Settled) -> float:
-    started = time.perf_counter()
-    done = settled.count()
-    await bounded(
-        [(lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(1, i))) for i in range(n)],
-        16,
-    )
-    await settled.until(done + n)
-    return n / (time.perf_counter() - started)
+async def end_to_end(runtime: Runtime, org_ids: list[uuid.UUID], n: int, settled: Settled) -> Rate:
+    rates: list[Rate] = []
+    async with timed(runtime, n, rates):
+        done = settled.count()
+        await bounded(
+            [
+                (lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(1, i)))
+                for i in range(n)
+            ],
+            16,
+        )
+        await settled.until(done + n)
+    return rates[0]
 
 
 async def offer(
@@ -307,14 +324,14 @@ async def ours(args: argparse.Namespace, database_url: str, backend: str) -> lis
         settled = Settled()
         enqueued, drained = await drain(runtime, org_ids, args.notifications, settled, profile)
         e2e = await end_to_end(runtime, org_ids, args.notifications, settled)
-        rate = args.load * e2e
+        rate = args.load * e2e.per_second
         latencies, achieved = await steady(runtime, org_ids, rate, args.seconds, settled)
     finally:
         await runtime.stop()
     return [
         Row(backend, "enqueue", args.notifications, enqueued.per_second, note=enqueued.note),
         Row(backend, "drain", args.notifications, drained.per_second, note=drained.note),
-        Row(backend, "end-to-end", args.notifications, e2e),
+        Row(backend, "end-to-end", args.notifications, e2e.per_second, note=e2e.note),
         Row(
             backend,
             "steady",

@@ -20,6 +20,8 @@
   ``UPDATE … FROM unnest(keys, values…)``, one array parameter a column, a statement of one
   shape whatever the group's size, each row found through its index; on SQLite
   ``WHERE key IN (…)`` and ``CASE key WHEN … THEN … END``, a bound value per row.
+- A subquery in ``RETURNING`` that names the row written (``returning_correlates``): PostgreSQL
+  only; SQLite's ``RETURNING`` is rendered unqualified.
 """
 
 from __future__ import annotations
@@ -185,6 +187,13 @@ def by_key(
 
 def _array(values: list[Any], type_: TypeEngine[Any]) -> Any:
     return bindparam(None, values, type_=ARRAY(type_), unique=True)
+
+
+def returning_correlates(dialect_name: str) -> bool:
+    """Whether a subquery in ``RETURNING`` can name the row written. PostgreSQL: yes. SQLite:
+    SQLAlchemy renders ``RETURNING``'s columns unqualified, so in a subquery they would name
+    the subquery's own table."""
+    return dialect_name == "postgresql"
 
 
 def skip_locked(query: Select[Any]) -> Select[Any]:

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from wanotify.clock import utcnow
 from wanotify.db.base import UTCDateTime, complete_row, new_id
-from wanotify.db.dialect import ByKey, by_key, insert
+from wanotify.db.dialect import ByKey, by_key, insert, returning_correlates
 from wanotify.db.group_commit import Batch
 from wanotify.db.pagination import Page, newest_first
 from wanotify.errors import NotFound
@@ -189,16 +189,16 @@ async def mark_sent_many(db: AsyncSession, *, sent: Mapping[uuid.UUID, Sent]) ->
 
     rows = {k: (v.at, v.provider_id) for k, v in sent.items()}
     by = by_key(dialect, [t.c.id], rows, types)
-    moved = set(
-        await db.scalars(
-            update(t)
-            .where(by.match, t.c.status.in_(_earlier("sent")))
-            .values(status="sent", **values(by))
-            .returning(t.c.id)
-        )
+    result = await db.execute(
+        update(t)
+        .where(by.match, t.c.status.in_(_earlier("sent")))
+        .values(status="sent", **values(by))
+        .returning(t.c.id, *_listened(dialect))
     )
-    if moved:
-        await _emit_status(db, moved)
+    written = result.all()
+    moved = {row[0] for row in written}
+    if heard := _heard(dialect, written):
+        await _emit_status(db, heard)
     rest = {k: v for k, v in rows.items() if k not in moved}
     if rest:  # already further on (a receipt overtook this) or failed
         by = by_key(dialect, [t.c.id], rest, types)
@@ -217,6 +217,22 @@ async def mark_failed(db: AsyncSession, *, message_id: uuid.UUID, error: str, at
     )
     if _changed(result):
         await _emit_status(db, [message_id])
+
+
+def _listened(dialect: str) -> list[ColumnElement[bool]]:
+    """The last ``RETURNING`` column of a status change: the message's org has a webhook
+    listening. Where the dialect can say so (PostgreSQL), a group without listeners (most)
+    needs no look-up of its endpoints; elsewhere every row is looked up (``_emit_status``)."""
+    if not returning_correlates(dialect):
+        return []
+    return [exists().where(*webhooks.listening(MESSAGES.c.org_id)).label("listened")]
+
+
+def _heard(dialect: str, rows: Sequence[Sequence[Any]]) -> list[uuid.UUID]:
+    """The ids (first column) of the rows written whose org may listen (see ``_listened``)."""
+    if not returning_correlates(dialect):
+        return [row[0] for row in rows]
+    return [row[0] for row in rows if row[-1]]
 
 
 def _changed(result: Any) -> bool:
@@ -398,15 +414,12 @@ async def _move_forward(
         update(t)
         .where(by.match, t.c.status.in_(_earlier(status)))
         .values(**values)
-        .returning(t.c.id, t.c.session_id, t.c.whatsapp_message_id)
+        .returning(t.c.id, t.c.session_id, t.c.whatsapp_message_id, *_listened(dialect))
     )
-    moved: dict[tuple[uuid.UUID | None, str], uuid.UUID] = {
-        (None if any_number else session_id, wamid): message_id
-        for message_id, session_id, wamid in result
-    }
-    if moved:
-        await _emit_status(db, set(moved.values()))
-    return set(moved)
+    written = result.all()
+    if heard := _heard(dialect, written):
+        await _emit_status(db, heard)
+    return {(None if any_number else row[1], row[2]) for row in written}
 
 
 async def _fill_receipt_times(

@@ -580,48 +580,44 @@ class Dispatcher:
         self, db: AsyncSession, group: list[_Settling]
     ) -> list[Outcome | None]:
         """The outcomes as applied (None: the lease was lost). Sends that went out, the bulk,
-        take four statements for the whole group: the provider-failure check, the queue rows,
-        the messages' ``sent``, and their status events; retries and failures one by one."""
-        # The provider may have reported a send failed already (a Cloud API webhook that
-        # overtook this bookkeeping): the notification fails with it.
-        late = await messages.failures_of(
-            db,
-            message_ids=[
-                s.row.message_id
-                for s in group
-                if s.outcome.status == "completed" and s.row.message_id
-            ],
-        )
-        finals = [
-            Outcome("failed", late[s.row.message_id])
-            if s.outcome.status == "completed" and s.row.message_id in late
-            else s.outcome
-            for s in group
-        ]
+        take three statements for the whole group: the queue rows, the messages' ``sent``,
+        and their status events; retries and failures one by one."""
         sent = {
-            s.row.id: (s, final, s.row.message_id)
-            for s, final in zip(group, finals, strict=True)
-            if final.status == "completed" and s.row.message_id is not None
+            s.row.id: (s, s.row.message_id)
+            for s in group
+            if s.outcome.status == "completed" and s.row.message_id is not None
         }
         held = await queue.complete_many(
             db,
             instance_id=self.instance_id,
-            done={nid: (s.at, message_id) for nid, (s, _, message_id) in sent.items()},
+            done={nid: (s.at, message_id) for nid, (s, message_id) in sent.items()},
         )
         await messages.mark_sent_many(
             db,
             sent={
-                message_id: messages.Sent(s.at, final.provider_id)
-                for nid, (s, final, message_id) in sent.items()
+                message_id: messages.Sent(s.at, s.outcome.provider_id)
+                for nid, (s, message_id) in sent.items()
                 if nid in held
             },
         )
+        # Not completed: the lease was lost, or the provider reported the send failed already
+        # (a Cloud API webhook that overtook this bookkeeping): the notification fails with it.
+        late = await messages.failures_of(
+            db, message_ids=[message_id for nid, (_, message_id) in sent.items() if nid not in held]
+        )
         applied: list[Outcome | None] = []
-        for settling, final in zip(group, finals, strict=True):
-            if settling.row.id in sent:
-                applied.append(final if settling.row.id in held else None)
-            else:
-                applied.append(await self._settle_one(db, settling, final))
+        for settling in group:
+            row_id, outcome = settling.row.id, settling.outcome
+            if row_id in held:
+                applied.append(outcome)
+                continue
+            if row_id in sent:
+                error = late.get(sent[row_id][1])
+                if error is None:
+                    applied.append(None)
+                    continue
+                outcome = Outcome("failed", error)
+            applied.append(await self._settle_one(db, settling, outcome))
         return applied
 
     async def _settle_one(

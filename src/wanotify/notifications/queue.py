@@ -23,16 +23,29 @@ from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, String, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.db.base import UTCDateTime
 from wanotify.db.dialect import by_key, skip_locked
+from wanotify.messages.models import WhatsAppMessage
 from wanotify.notifications.models import Notification
 from wanotify.sessions.models import WhatsAppSession
 
 #: the table itself, for the multi-row statements of the hot path (no ORM bookkeeping)
 QUEUE: Table = Notification.__table__  # type: ignore[assignment]
+MESSAGES: Table = WhatsAppMessage.__table__  # type: ignore[assignment]
 
 
 def _claim_statement(*, skipping: bool) -> Any:
@@ -176,8 +189,9 @@ async def complete_many(
     db: AsyncSession, *, instance_id: str, done: Mapping[uuid.UUID, tuple[datetime, uuid.UUID]]
 ) -> set[uuid.UUID]:
     """``settle`` of a group of sends that went out: notification id → (when, its message).
-    One ``UPDATE`` for all, each row its own time; returns the ids this instance still held
-    (a row whose lease was lost meanwhile is left to its new holder)."""
+    One ``UPDATE`` for all, each row its own time; returns the ids completed. Left as they
+    are: a row whose lease was lost meanwhile (its new holder settles it), and one whose
+    message the provider has reported failed already (``messages.failures_of`` says why)."""
     if not done:
         return set()
     t = QUEUE
@@ -189,7 +203,12 @@ async def complete_many(
     )
     held = await db.scalars(
         update(t)
-        .where(by.match, t.c.status == "processing", t.c.locked_by == instance_id)
+        .where(
+            by.match,
+            t.c.status == "processing",
+            t.c.locked_by == instance_id,
+            ~exists().where(MESSAGES.c.id == by["message_id"], MESSAGES.c.status == "failed"),
+        )
         .values(
             status="completed",
             locked_by=None,
