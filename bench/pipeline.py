@@ -183,8 +183,8 @@ class Rate:
 
     @property
     def note(self) -> str:
-        server = f", server {self.server_cpu_ms:.1f} ms CPU" if self.server_cpu_ms else ""
-        return f"{self.cpu_ms:.1f} ms CPU{server}, {self.statements:.1f} SQL statements each"
+        server = f", server {self.server_cpu_ms:.2f} ms CPU" if self.server_cpu_ms else ""
+        return f"{self.cpu_ms:.2f} ms CPU{server}, {self.statements:.2f} SQL statements each"
 
 
 @contextlib.asynccontextmanager
