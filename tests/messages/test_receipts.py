@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.clock import utcnow
@@ -16,6 +17,7 @@ from wanotify.messages.models import WhatsAppMessage
 from wanotify.orgs.models import Organization
 from wanotify.sessions.models import WhatsAppSession
 from wanotify.settings import Settings
+from wanotify.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 
 @pytest.fixture
@@ -194,3 +196,41 @@ async def test_a_group_of_sends_marks_each_message_sent_at_its_own_time(
     ]
     assert got[1].whatsapp_message_id == "wamid.PROVIDER"  # receipts name the provider's id
     assert got[0].whatsapp_message_id == a1.whatsapp_message_id
+
+
+async def test_status_events_go_only_to_the_orgs_whose_webhook_listens(db: AsyncSession) -> None:
+    a1, a2, b1, b2 = await messages_of_two_numbers(db)
+    for org_id, enabled in ((a1.org_id, True), (b1.org_id, False)):
+        db.add(
+            WebhookEndpoint(
+                org_id=org_id,
+                url="https://hooks.example.test/status",
+                secret={"sealed": "not read here"},
+                events=[],
+                enabled=enabled,
+            )
+        )
+    await db.commit()
+    t0 = utcnow()
+    # one group of sends and one burst of receipts, both orgs mixed in each
+    await service.mark_sent_many(db, sent={m.id: service.Sent(t0) for m in (a1, a2, b1)})
+    await service.apply_receipts(
+        db,
+        receipts=[
+            service.ReceiptIn(str(m.whatsapp_message_id), "delivered", t0, m.session_id)
+            for m in (a1, b1, b2)
+        ],
+    )
+    await db.commit()
+
+    events = [
+        (d.org_id, d.event, d.payload["data"]["message_id"], d.payload["data"]["status"])
+        for d in await db.scalars(select(WebhookDelivery))
+    ]
+    assert sorted(events) == sorted(
+        [
+            (a1.org_id, "message.status", str(a1.id), "sent"),
+            (a1.org_id, "message.status", str(a2.id), "sent"),
+            (a1.org_id, "message.status", str(a1.id), "delivered"),
+        ]
+    )  # B's endpoint is disabled: none of its three changes is an event
