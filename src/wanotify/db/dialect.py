@@ -156,8 +156,8 @@ def by_key(
 
     On PostgreSQL the group is a table, ``unnest`` of one array per column, joined to the rows
     by their keys: one statement text for any group size (prepared once), each row found
-    through the key's index. The ``array_position`` lookup it replaces scanned the whole array
-    for every row: a group of 2,000 receipts took 50 ms on the server, against 13."""
+    through the key's index. The ``array_position`` look-up it replaces scanned the whole array
+    for every row: 2,000 rows of a scratch table took 50 ms on the server, against 13."""
     keyed = [k if len(keys) > 1 else (k,) for k in rows]
     if dialect_name == "postgresql":
         columns = [

@@ -580,8 +580,9 @@ class Dispatcher:
         self, db: AsyncSession, group: list[_Settling]
     ) -> list[Outcome | None]:
         """The outcomes as applied (None: the lease was lost). Sends that went out, the bulk,
-        take three statements for the whole group: the queue rows, the messages' ``sent``,
-        and their status events; retries and failures one by one."""
+        take two statements for the whole group, the queue rows and the messages' ``sent``
+        (and their status events when an org's webhook listens); retries and failures one by
+        one."""
         sent = {
             s.row.id: (s, s.row.message_id)
             for s in group
