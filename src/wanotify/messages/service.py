@@ -219,13 +219,14 @@ async def mark_failed(db: AsyncSession, *, message_id: uuid.UUID, error: str, at
         await _emit_status(db, [message_id])
 
 
+_LISTENED = exists().where(*webhooks.listening(MESSAGES.c.org_id)).label("listened")
+
+
 def _listened(dialect: str) -> list[ColumnElement[bool]]:
     """The last ``RETURNING`` column of a status change: the message's org has a webhook
     listening. Where the dialect can say so (PostgreSQL), a group without listeners (most)
     needs no look-up of its endpoints; elsewhere every row is looked up (``_emit_status``)."""
-    if not returning_correlates(dialect):
-        return []
-    return [exists().where(*webhooks.listening(MESSAGES.c.org_id)).label("listened")]
+    return [_LISTENED] if returning_correlates(dialect) else []
 
 
 def _heard(dialect: str, rows: Sequence[Sequence[Any]]) -> list[uuid.UUID]:
