@@ -66,10 +66,11 @@ async def test_concurrent_enqueues_of_two_orgs_share_one_insert_and_stay_apart(
     assert all(r.created for r in results)
     assert [r.notification.org_id for r in results] == [o.id for o in owners]
     assert len(seen) == 1  # one multi-row INSERT for the whole group, both orgs' rows
-    stored = {n.id: n for n in await rows_of(runtime)}
-    for result, owner in zip(results, owners, strict=True):
-        row = stored[result.notification.id]
-        assert (row.org_id, row.status) == (owner.id, "pending")
+    assert {r.notification.status for r in results} == {"pending"}  # as committed
+    # in the database each row is its caller's org's (the running dispatcher may have moved
+    # its status on by now: these orgs have no session, so it fails them)
+    stored = {n.id: n.org_id for n in await rows_of(runtime)}
+    assert [stored[r.notification.id] for r in results] == [o.id for o in owners]
 
 
 async def override_maintenance_due(runtime: Runtime, org: Org, *, text: str) -> uuid.UUID:
