@@ -126,9 +126,9 @@ async def count_done(runtime: Runtime) -> int:
     return int(done or 0)
 
 
-async def until_done(runtime: Runtime, total: int, *, every: float = 0.02) -> None:
+async def until_done(runtime: Runtime, total: int) -> None:
     while await count_done(runtime) < total:
-        await asyncio.sleep(every)
+        await asyncio.sleep(0.02)
 
 
 class Settled:
