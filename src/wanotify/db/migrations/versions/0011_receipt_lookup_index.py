@@ -34,9 +34,16 @@ def _swap(create: tuple[str, list[str]], drop: str) -> None:
         # receipts) for the length of the build, which must run outside a transaction.
         # Not in the printed script (``migrate --sql``): pasted whole into an SQL editor it
         # runs as one multi-statement query, where ``CONCURRENTLY`` is refused.
+        # Outside a transaction a crash can stop it half-way: a run again starts the build
+        # afresh (an interrupted build leaves an invalid index of that name) and finishes it.
         with context.autocommit_block():
+            op.drop_index(
+                name, table_name="whatsapp_messages", postgresql_concurrently=True, if_exists=True
+            )
             op.create_index(name, "whatsapp_messages", columns, postgresql_concurrently=True)
-            op.drop_index(drop, table_name="whatsapp_messages", postgresql_concurrently=True)
+            op.drop_index(
+                drop, table_name="whatsapp_messages", postgresql_concurrently=True, if_exists=True
+            )
         return
     with op.batch_alter_table("whatsapp_messages") as batch_op:
         batch_op.create_index(name, columns, unique=False)
