@@ -310,8 +310,14 @@ async def mark_failed_after_send(
     return bool(getattr(result, "rowcount", 0))
 
 
-# Built once (a settle group's and a receipt burst's look-ups): building a statement costs
-# more CPU than running it.
+def has_failed(message_id: ColumnElement[Any]) -> ColumnElement[bool]:
+    """The message ``message_id`` (a column or value) has failed: a condition for another
+    statement, such as a settle group's that completes only the rest."""
+    return exists().where(MESSAGES.c.id == message_id, MESSAGES.c.status == "failed")
+
+
+# Built once (a settle group's look-up of its leftovers): building a statement costs more CPU
+# than running it.
 _FAILED_AMONG = select(MESSAGES.c.id, MESSAGES.c.error).where(
     MESSAGES.c.id.in_(bindparam("ids", expanding=True)), MESSAGES.c.status == "failed"
 )

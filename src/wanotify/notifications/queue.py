@@ -23,29 +23,17 @@ from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    Integer,
-    String,
-    Table,
-    and_,
-    bindparam,
-    exists,
-    func,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Integer, String, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.db.base import UTCDateTime
 from wanotify.db.dialect import by_key, skip_locked
-from wanotify.messages.models import WhatsAppMessage
+from wanotify.messages.service import has_failed
 from wanotify.notifications.models import Notification
 from wanotify.sessions.models import WhatsAppSession
 
 #: the table itself, for the multi-row statements of the hot path (no ORM bookkeeping)
 QUEUE: Table = Notification.__table__  # type: ignore[assignment]
-MESSAGES: Table = WhatsAppMessage.__table__  # type: ignore[assignment]
 
 
 def _claim_statement(*, skipping: bool) -> Any:
@@ -207,7 +195,7 @@ async def complete_many(
             by.match,
             t.c.status == "processing",
             t.c.locked_by == instance_id,
-            ~exists().where(MESSAGES.c.id == by["message_id"], MESSAGES.c.status == "failed"),
+            ~has_failed(by["message_id"]),
         )
         .values(
             status="completed",
