@@ -6,6 +6,7 @@ process, each run in a database of its own (created on the PostgreSQL server, th
     python bench/pipeline.py --peers            # PostgreSQL + pgqueuer + procrastinate + SQLite
     python bench/pipeline.py --no-sqlite        # PostgreSQL only
     python bench/pipeline.py --profile out.html # pyinstrument profile of the PostgreSQL drain
+    python bench/pipeline.py --profile out.html --profile-phase end-to-end
 
 Figures (one row each):
 
@@ -33,7 +34,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -211,50 +212,68 @@ async def timed(runtime: Runtime, n: int, into: list[Rate]) -> AsyncIterator[Non
 
 
 async def drain(
-    runtime: Runtime, org_ids: list[uuid.UUID], n: int, settled: Settled, profile: str = ""
+    runtime: Runtime,
+    org_ids: list[uuid.UUID],
+    n: int,
+    settled: Settled,
+    profile: str = "",
+    profile_enqueue: str = "",
 ) -> tuple[Rate, Rate]:
     """The enqueue phase (16 at a time, dispatcher stopped) and the drain: notifications/s,
     this process's CPU milliseconds and SQL statements per notification (the drain's include
     the receipts and the bench's own polling)."""
     await runtime.dispatcher.stop()
     rates: list[Rate] = []
-    async with timed(runtime, n, rates):
-        await bounded(
-            [
-                (lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(0, i)))
-                for i in range(n)
-            ],
-            16,
-        )
-    profiler = None
-    if profile:
-        from pyinstrument import Profiler
-
-        profiler = Profiler(async_mode="disabled")
-        profiler.start()
-    async with timed(runtime, n, rates):
-        await runtime.dispatcher.start()
-        await settled.until(n)
-    if profiler:
-        profiler.stop()
-        Path(profile).write_text(profiler.output_html())  # noqa: ASYNC240
-        print(profiler.output_text(unicode=False, color=False, show_all=False))
+    with profiled(profile_enqueue):
+        async with timed(runtime, n, rates):
+            await bounded(
+                [
+                    (lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(0, i)))
+                    for i in range(n)
+                ],
+                16,
+            )
+    with profiled(profile):
+        async with timed(runtime, n, rates):
+            await runtime.dispatcher.start()
+            await settled.until(n)
     enqueued, drained = rates
     return enqueued, drained
 
 
-async def end_to_end(runtime: Runtime, org_ids: list[uuid.UUID], n: int, settled: Settled) -> Rate:
+@contextlib.contextmanager
+def profiled(path: str) -> Iterator[None]:
+    """A pyinstrument profile of the block (this thread) written to ``path``, if one is given."""
+    if not path:
+        yield
+        return
+    from pyinstrument import Profiler
+
+    profiler = Profiler(async_mode="disabled")
+    profiler.start()
+    try:
+        yield
+    finally:
+        profiler.stop()
+        Path(path).write_text(profiler.output_html())
+        print(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
+async def end_to_end(
+    runtime: Runtime, org_ids: list[uuid.UUID], n: int, settled: Settled, profile: str = ""
+) -> Rate:
     rates: list[Rate] = []
-    async with timed(runtime, n, rates):
-        done = settled.count()
-        await bounded(
-            [
-                (lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(1, i)))
-                for i in range(n)
-            ],
-            16,
-        )
-        await settled.until(done + n)
+    with profiled(profile):
+        async with timed(runtime, n, rates):
+            done = settled.count()
+            await bounded(
+                [
+                    (lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(1, i)))
+                    for i in range(n)
+                ],
+                16,
+            )
+            await settled.until(done + n)
     return rates[0]
 
 
@@ -321,9 +340,14 @@ async def ours(args: argparse.Namespace, database_url: str, backend: str) -> lis
     try:
         org_ids = await link_orgs(runtime, args.orgs)
         profile = args.profile if backend == "postgresql" else ""
+        in_drain = profile if args.profile_phase == "drain" else ""
+        in_e2e = profile if args.profile_phase == "end-to-end" else ""
         settled = Settled()
-        enqueued, drained = await drain(runtime, org_ids, args.notifications, settled, profile)
-        e2e = await end_to_end(runtime, org_ids, args.notifications, settled)
+        in_enqueue = profile if args.profile_phase == "enqueue" else ""
+        enqueued, drained = await drain(
+            runtime, org_ids, args.notifications, settled, in_drain, in_enqueue
+        )
+        e2e = await end_to_end(runtime, org_ids, args.notifications, settled, in_e2e)
         rate = args.load * e2e.per_second
         latencies, achieved = await steady(runtime, org_ids, rate, args.seconds, settled)
     finally:
@@ -462,4 +486,10 @@ if __name__ == "__main__":
     parser.add_argument("--peer-concurrency", type=int, default=32)
     parser.add_argument("--no-sqlite", dest="sqlite", action="store_false")
     parser.add_argument("--profile", default="", help="write a pyinstrument HTML profile here")
+    parser.add_argument(
+        "--profile-phase",
+        choices=("enqueue", "drain", "end-to-end"),
+        default="drain",
+        help="of this phase",
+    )
     run(main(parser.parse_args()))

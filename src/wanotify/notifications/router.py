@@ -78,7 +78,7 @@ async def enqueue(
         _wake(request)
     else:
         response.status_code = 200
-    return NotificationOut.model_validate(result.notification)
+    return NotificationOut.model_validate(result.row)
 
 
 @router.get("/api/notifications", response_model=NotificationPage)
