@@ -78,12 +78,13 @@ class Settings(BaseSettings):
 
     # queue
     dispatch_batch_size: int = Field(
-        default=128, description="notifications claimed in one statement, at most"
+        default=256, description="notifications claimed in one statement, at most"
     )
     dispatch_concurrency: int = Field(
-        default=128,
+        default=512,
         description="notifications in flight at once (sends, settles); a group commit writes "
-        "what is ready together, so more in flight means fewer, larger transactions",
+        "what is ready together, so more in flight means fewer, larger transactions; twice "
+        "the batch size lets the next claim run while the last batch is still settling",
     )
     dispatch_poll_seconds: float = 1.0
     listen: bool = Field(
