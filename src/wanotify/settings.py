@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         "what is ready together, so more in flight means fewer, larger transactions; twice "
         "the batch size lets the next claim run while the last batch is still settling",
     )
+    dispatch_claim_linger_seconds: float = Field(
+        default=0.003,
+        description="woken while sends are in flight, the dispatcher waits this long before "
+        "claiming, so what is enqueued meanwhile is claimed (and recorded and settled) in the "
+        "same transactions (0: claim at once); an idle dispatcher claims at once",
+    )
     dispatch_poll_seconds: float = 1.0
     listen: bool = Field(
         default=True,

@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
 from tests.support import (
     BUSINESS,
     DRIVER,
@@ -38,7 +39,9 @@ from wanotify.db.notify import (
     PgListener,
     plain_dsn,
 )
+from wanotify.notifications import queue
 from wanotify.notifications.dispatcher import NOT_CONNECTED, WAITING_FOR_SESSION, Dispatcher
+from wanotify.notifications.models import Notification
 from wanotify.runtime import Runtime
 from wanotify.settings import Settings
 from wanotify.transports.simulator import SimulatorNetwork
@@ -132,6 +135,68 @@ async def test_a_reconnect_sends_what_waited_for_it_at_once(
     done = await notification_finished(client, linked, nid)
     assert done["status"] == "completed" and done["attempts"] == 1, done
     assert [m["text"] for m in network.inbox(DRIVER)] == ["Depot closed"]
+
+
+async def test_an_idle_dispatcher_claims_at_once_however_long_its_linger(
+    linked: Org,
+    client: httpx.AsyncClient,
+    network: SimulatorNetwork,
+    runtime: Runtime,
+    settings: Settings,
+) -> None:
+    """The claim linger is for a busy dispatcher: with nothing in flight, a wake-up claims at
+    once (else this would wait NO_POLL seconds)."""
+    settings.dispatch_claim_linger_seconds = NO_POLL
+    assert runtime.dispatcher.idle.is_set()
+    sent = await client.post(
+        "/api/messages/send", json={"to": DRIVER, "text": "Yard open"}, headers=linked.headers
+    )
+    assert sent.status_code == 202, sent.text
+    done = await notification_finished(client, linked, sent.json()["notification_id"])
+    assert done["status"] == "completed", done
+
+
+async def test_woken_while_sending_it_claims_what_came_meanwhile_together(
+    linked: Org,
+    client: httpx.AsyncClient,
+    network: SimulatorNetwork,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wake-up while a send is in flight waits the linger, then claims everything enqueued
+    by then in one claim (one transaction), not one claim per wake-up."""
+    settings.dispatch_claim_linger_seconds = 1.0
+    network.set_faults(BUSINESS, latency_seconds=2.0)  # each send stays in flight a while
+    claims: list[set[str]] = []
+    claim = queue.claim
+
+    async def recorded(db: AsyncSession, **kwargs: Any) -> list[Notification]:
+        rows = await claim(db, **kwargs)
+        if rows:
+            claims.append({row.recipient_phone for row in rows})
+        return rows
+
+    monkeypatch.setattr(queue, "claim", recorded)
+    first, *later = (DRIVER, "+14155550124", "+14155550125")
+
+    async def send(to: str) -> str:
+        sent = await client.post(
+            "/api/messages/send", json={"to": to, "text": "Shift swap"}, headers=linked.headers
+        )
+        assert sent.status_code == 202, sent.text
+        return str(sent.json()["notification_id"])
+
+    ids = [await send(first)]
+
+    async def claimed() -> bool:
+        return bool(claims)
+
+    await eventually(claimed, what="the first notification claimed")
+    ids += [await send(to) for to in later]  # each wakes the dispatcher, busy with the first
+    for nid in ids:
+        done = await notification_finished(client, linked, nid)
+        assert done["status"] == "completed", done
+    assert claims == [{first}, set(later)]
 
 
 # ---- LISTEN/NOTIFY (PostgreSQL) --------------------------------------------------------------

@@ -206,6 +206,16 @@ class Dispatcher:
             if more and self._free_slots() > 0:
                 continue
             await self._sleep()
+            await self._linger()
+
+    async def _linger(self) -> None:
+        """Woken while sends are in flight: wait ``dispatch_claim_linger_seconds`` before
+        claiming, so what is enqueued meanwhile (the next group of API requests) is claimed in
+        the same transaction, and its sends and settles share theirs. An idle dispatcher
+        claims at once, so a lone notification waits for nothing."""
+        linger = self.settings.dispatch_claim_linger_seconds
+        if linger > 0 and self._inflight and not self._stopping:
+            await asyncio.sleep(linger)
 
     def _free_slots(self) -> int:
         return self.settings.dispatch_concurrency - len(self._inflight)
