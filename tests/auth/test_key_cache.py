@@ -3,6 +3,7 @@ through it is refused at once, a revoke elsewhere (another instance, the CLI) on
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -12,6 +13,8 @@ from tests.support import Org
 
 from wanotify.auth import service
 from wanotify.auth.keycache import KeyCache
+from wanotify.auth.service import Principal
+from wanotify.errors import Unauthorized
 from wanotify.runtime import Runtime
 
 
@@ -82,3 +85,66 @@ async def test_with_the_cache_off_every_request_looks_the_key_up(
     assert (await stats(client, created["key"])).status_code == 200
     await revoke_elsewhere(runtime, org, created["id"])
     assert_problem(await stats(client, created["key"]), 401)
+
+
+# ---- one look-up for the requests that miss together -----------------------------------------
+
+KEY = "wan_abcdefabcdef_" + "s" * 32
+CALLER = Principal(org_id=uuid.uuid4(), role="member", api_key_id=uuid.uuid4())
+
+
+class LookUp:
+    """A look-up that waits until released, counting how often it ran."""
+
+    def __init__(self, result: Principal | Exception = CALLER) -> None:
+        self.result = result
+        self.calls = 0
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self) -> Principal:
+        self.calls += 1
+        self.started.set()
+        await self.release.wait()
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+async def test_requests_that_miss_together_share_one_look_up() -> None:
+    cache, look_up = KeyCache(5), LookUp()
+    waiting = [asyncio.create_task(cache.principal(KEY, look_up)) for _ in range(20)]
+    await look_up.started.wait()
+    look_up.release.set()
+    assert await asyncio.gather(*waiting) == [CALLER] * 20
+    assert look_up.calls == 1
+    assert await cache.principal(KEY, LookUp()) == CALLER  # trusted now: no look-up
+
+
+async def test_a_refusal_is_every_waiting_requests_and_is_not_remembered() -> None:
+    cache, refused = KeyCache(5), LookUp(Unauthorized("invalid or revoked API key"))
+    waiting = [asyncio.create_task(cache.principal(KEY, refused)) for _ in range(3)]
+    await refused.started.wait()
+    refused.release.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, Unauthorized) for r in results) and refused.calls == 1
+    again = LookUp()
+    again.release.set()
+    assert await cache.principal(KEY, again) == CALLER and again.calls == 1
+
+
+async def test_a_request_that_goes_away_does_not_cancel_the_others_look_up() -> None:
+    cache, look_up = KeyCache(5), LookUp()
+    first = asyncio.create_task(cache.principal(KEY, look_up))
+    await look_up.started.wait()
+    second = asyncio.create_task(cache.principal(KEY, look_up))
+    first.cancel()
+    look_up.release.set()
+    assert await second == CALLER and look_up.calls == 1
+
+
+async def test_with_the_cache_off_each_request_looks_up_alone() -> None:
+    cache, look_up = KeyCache(0), LookUp()
+    look_up.release.set()
+    assert await asyncio.gather(*(cache.principal(KEY, look_up) for _ in range(3))) == [CALLER] * 3
+    assert look_up.calls == 3

@@ -38,12 +38,13 @@ async def get_principal(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
     keys: KeyCache = request.app.state.key_cache
-    principal = keys.get(token)
-    if principal is None:  # not trusted lately: look it up (and trust it for a while)
+
+    async def look_up() -> Principal:  # not trusted lately: look it up (and trust it a while)
         factory: SessionFactory = request.app.state.session_factory
         async with factory() as db:
-            principal = await _look_up(db, request.app.state.settings, token)
-        keys.put(token, principal)
+            return await _look_up(db, request.app.state.settings, token)
+
+    principal = await keys.principal(token, look_up)
     # Row-level security: the rest of the request reads and writes the caller's org only.
     await scope_request(request, principal.org_id)
     request.state.principal = principal
