@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from wanotify.settings import Settings
 
@@ -49,3 +50,8 @@ def test_a_dotenv_file_elsewhere_is_not_read(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert Settings().default_region == "US"
+
+
+def test_a_negative_claim_linger_is_refused_by_name(workdir: Path) -> None:
+    with pytest.raises(ValidationError, match="dispatch_claim_linger_seconds"):
+        Settings(_env_file=None, dispatch_claim_linger_seconds=-0.5)  # type: ignore[call-arg]

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     )
     dispatch_claim_linger_seconds: float = Field(
         default=0.003,
+        ge=0,
         description="woken while sends are in flight, the dispatcher waits this long before "
         "claiming, so what is enqueued meanwhile is claimed (and recorded and settled) in the "
         "same transactions (0: claim at once); an idle dispatcher claims at once",
