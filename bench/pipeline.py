@@ -216,15 +216,14 @@ async def drain(
     org_ids: list[uuid.UUID],
     n: int,
     settled: Settled,
-    profile: str = "",
-    profile_enqueue: str = "",
+    profile: Profile,
 ) -> tuple[Rate, Rate]:
     """The enqueue phase (16 at a time, dispatcher stopped) and the drain: notifications/s,
     this process's CPU milliseconds and SQL statements per notification (the drain's include
     the receipts and the bench's own polling)."""
     await runtime.dispatcher.stop()
     rates: list[Rate] = []
-    with profiled(profile_enqueue):
+    with profile.of("enqueue"):
         async with timed(runtime, n, rates):
             await bounded(
                 [
@@ -233,12 +232,23 @@ async def drain(
                 ],
                 16,
             )
-    with profiled(profile):
+    with profile.of("drain"):
         async with timed(runtime, n, rates):
             await runtime.dispatcher.start()
             await settled.until(n)
     enqueued, drained = rates
     return enqueued, drained
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Which phase to profile with pyinstrument, and where to write it (no path: none)."""
+
+    path: str = ""
+    phase: str = "drain"
+
+    def of(self, phase: str) -> contextlib.AbstractContextManager[None]:
+        return profiled(self.path if phase == self.phase else "")
 
 
 @contextlib.contextmanager
@@ -260,10 +270,10 @@ def profiled(path: str) -> Iterator[None]:
 
 
 async def end_to_end(
-    runtime: Runtime, org_ids: list[uuid.UUID], n: int, settled: Settled, profile: str = ""
+    runtime: Runtime, org_ids: list[uuid.UUID], n: int, settled: Settled, profile: Profile
 ) -> Rate:
     rates: list[Rate] = []
-    with profiled(profile):
+    with profile.of("end-to-end"):
         async with timed(runtime, n, rates):
             done = settled.count()
             await bounded(
@@ -339,15 +349,11 @@ async def ours(args: argparse.Namespace, database_url: str, backend: str) -> lis
     after_startup()  # as ``wanotify worker`` does
     try:
         org_ids = await link_orgs(runtime, args.orgs)
-        profile = args.profile if backend == "postgresql" else ""
-        in_drain = profile if args.profile_phase == "drain" else ""
-        in_e2e = profile if args.profile_phase == "end-to-end" else ""
+        postgres = backend == "postgresql"
+        profile = Profile(args.profile, args.profile_phase) if postgres else Profile()
         settled = Settled()
-        in_enqueue = profile if args.profile_phase == "enqueue" else ""
-        enqueued, drained = await drain(
-            runtime, org_ids, args.notifications, settled, in_drain, in_enqueue
-        )
-        e2e = await end_to_end(runtime, org_ids, args.notifications, settled, in_e2e)
+        enqueued, drained = await drain(runtime, org_ids, args.notifications, settled, profile)
+        e2e = await end_to_end(runtime, org_ids, args.notifications, settled, profile)
         rate = args.load * e2e.per_second
         latencies, achieved = await steady(runtime, org_ids, rate, args.seconds, settled)
     finally:
