@@ -10,13 +10,17 @@ process, each run in a database of its own (created on the PostgreSQL server, th
 
 Figures (one row each):
 
-- ``enqueue``: N notifications over M orgs enqueued 16 at a time (as concurrent API requests
-  would, through the runtime's enqueuer) with the dispatcher stopped.
+- ``enqueue``: N notifications over M orgs enqueued ``--producers`` at a time (16 unless told;
+  as that many concurrent API requests would, through the runtime's enqueuer) with the
+  dispatcher stopped. A closed loop: each producer enqueues its next one when its last is
+  committed, so the rate is at most producers ÷ the enqueue's latency.
 - ``drain``: N notifications over M orgs are enqueued with the dispatcher stopped, then the
   dispatcher is started and timed until every one is completed (comparable with the peers'
   drain of N no-op jobs enqueued in bulk).
-- ``end-to-end``: N notifications enqueued concurrently (as API calls would) while the
-  dispatcher runs; timed from the first enqueue to the last completion.
+- ``end-to-end``: N notifications enqueued by the same producers while the dispatcher runs;
+  timed from the first enqueue to the last completion. With 16 producers it is bound by the
+  enqueue's latency (which the dispatcher's work on the same event loop lengthens); with more
+  it shows what the pipeline carries (``--producers 64``).
 - ``steady``: notifications offered at a fixed rate (``--load`` times the end-to-end figure) for
   ``--seconds``; each one's latency runs from its scheduled enqueue time to the moment the
   simulated WhatsApp server accepted it (so it includes any queueing behind the schedule).
@@ -217,10 +221,11 @@ async def drain(
     n: int,
     settled: Settled,
     profile: Profile,
+    producers: int,
 ) -> tuple[Rate, Rate]:
-    """The enqueue phase (16 at a time, dispatcher stopped) and the drain: notifications/s,
-    this process's CPU milliseconds and SQL statements per notification (the drain's include
-    the receipts and the bench's own polling)."""
+    """The enqueue phase (``producers`` at a time, dispatcher stopped) and the drain:
+    notifications/s, this process's CPU milliseconds and SQL statements per notification (the
+    drain's include the receipts and the bench's own polling)."""
     await runtime.dispatcher.stop()
     rates: list[Rate] = []
     with profile.of("enqueue"):
@@ -230,7 +235,7 @@ async def drain(
                     (lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(0, i)))
                     for i in range(n)
                 ],
-                16,
+                producers,
             )
     with profile.of("drain"):
         async with timed(runtime, n, rates):
@@ -270,7 +275,12 @@ def profiled(path: str) -> Iterator[None]:
 
 
 async def end_to_end(
-    runtime: Runtime, org_ids: list[uuid.UUID], n: int, settled: Settled, profile: Profile
+    runtime: Runtime,
+    org_ids: list[uuid.UUID],
+    n: int,
+    settled: Settled,
+    profile: Profile,
+    producers: int,
 ) -> Rate:
     rates: list[Rate] = []
     with profile.of("end-to-end"):
@@ -281,7 +291,7 @@ async def end_to_end(
                     (lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(1, i)))
                     for i in range(n)
                 ],
-                16,
+                producers,
             )
             await settled.until(done + n)
     return rates[0]
@@ -352,8 +362,12 @@ async def ours(args: argparse.Namespace, database_url: str, backend: str) -> lis
         postgres = backend == "postgresql"
         profile = Profile(args.profile, args.profile_phase) if postgres else Profile()
         settled = Settled()
-        enqueued, drained = await drain(runtime, org_ids, args.notifications, settled, profile)
-        e2e = await end_to_end(runtime, org_ids, args.notifications, settled, profile)
+        enqueued, drained = await drain(
+            runtime, org_ids, args.notifications, settled, profile, args.producers
+        )
+        e2e = await end_to_end(
+            runtime, org_ids, args.notifications, settled, profile, args.producers
+        )
         rate = args.load * e2e.per_second
         latencies, achieved = await steady(runtime, org_ids, rate, args.seconds, settled)
     finally:
@@ -475,7 +489,8 @@ async def main(args: argparse.Namespace) -> None:
     if args.sqlite:
         rows += await ours(args, sqlite_url("wanotify-bench-sqlite-"), "sqlite")
     print_table(rows)
-    print(f"\norgs={args.orgs} load average {os.getloadavg()[0]:.2f} (1 min)")
+    load = os.getloadavg()[0]
+    print(f"\norgs={args.orgs} producers={args.producers} load average {load:.2f} (1 min)")
 
 
 if __name__ == "__main__":
@@ -484,6 +499,9 @@ if __name__ == "__main__":
     parser.add_argument("--orgs", type=int, default=10)
     parser.add_argument("--notifications", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=10.0, help="steady-load duration")
+    parser.add_argument(
+        "--producers", type=int, default=16, help="enqueues in flight at once (API requests)"
+    )
     parser.add_argument("--load", type=float, default=0.6, help="steady rate ÷ end-to-end rate")
     parser.add_argument("--batch", type=int, default=0, help="dispatch_batch_size (0: setting)")
     parser.add_argument("--concurrency", type=int, default=0, help="dispatch_concurrency")

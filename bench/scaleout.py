@@ -8,7 +8,8 @@ one process (what ``wanotify serve --workers-off`` does with API calls), sends f
 Each worker process runs the real runtime (session manager, dispatcher) with its own simulated
 WhatsApp network without delays, pacing off, and links its share of the orgs, so it holds
 their sessions' leases and sends their notifications; this process enqueues through the
-runtime's enqueuer (16 at a time, as concurrent API requests would) with no workers of its own;
+runtime's enqueuer (``--producers`` at a time, 16 unless told, as concurrent API requests would)
+with no workers of its own;
 a worker hears of new rows by ``LISTEN``. One row per K:
 
 - ``end-to-end``: N notifications enqueued at once; from the first enqueue to the last
@@ -47,9 +48,6 @@ from wanotify.process import after_startup
 from wanotify.runtime import Runtime
 from wanotify.transports import build_transport
 from wanotify.transports.simulator import SimulatorNetwork
-
-ENQUEUERS = 16  # concurrent enqueues, as an API server's concurrent requests
-
 
 # ---- a worker process ---------------------------------------------------------------------------
 
@@ -140,11 +138,13 @@ def _phone(block: int, n: int) -> str:
     return f"+1{212 + block}555{n % 10000:04d}"
 
 
-async def end_to_end(runtime: Runtime, org_ids: list[uuid.UUID], n: int, done: int) -> float:
+async def end_to_end(
+    runtime: Runtime, org_ids: list[uuid.UUID], n: int, done: int, producers: int
+) -> float:
     started = time.perf_counter()
     await bounded(
         [(lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(0, i))) for i in range(n)],
-        ENQUEUERS,
+        producers,
     )
     await until_done(runtime, done + n)
     return n / (time.perf_counter() - started)
@@ -207,7 +207,7 @@ async def one_run(args: argparse.Namespace, count: int) -> Result:
         try:
             (cpu_workers, before), cpu_here = workers.cpu(), time.process_time()
             cpu_server = server_cpu_seconds()
-            e2e = await end_to_end(runtime, org_ids, args.notifications, 0)
+            e2e = await end_to_end(runtime, org_ids, args.notifications, 0, args.producers)
             cpu_here = time.process_time() - cpu_here
             cpu_server = server_cpu_seconds() - cpu_server
             cpu_after, after = workers.cpu()
@@ -269,4 +269,7 @@ if __name__ == "__main__":
     parser.add_argument("--notifications", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=10.0, help="steady-load duration")
     parser.add_argument("--load", type=float, default=0.6, help="steady rate ÷ end-to-end rate")
+    parser.add_argument(
+        "--producers", type=int, default=16, help="enqueues in flight at once (API requests)"
+    )
     run(main(parser.parse_args()))
