@@ -15,6 +15,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from wanotify.clock import utcnow
 from wanotify.db.base import Base, JSONType, UTCDateTime, complete_row, new_id
+from wanotify.db.dialect import insert_rows
 from wanotify.requestinfo import ClientOrigin, current_origin
 
 
@@ -91,5 +92,4 @@ def entry_fields(
 
 async def insert_entries(db: AsyncSession, entries: list[dict[str, Any]]) -> None:
     """Many audit entries (``entry_fields``) in ONE multi-row ``INSERT``, no ORM objects."""
-    if entries:
-        await db.execute(AUDIT_LOGS.insert(), [complete_row(AUDIT_LOGS, e) for e in entries])
+    await insert_rows(db, AUDIT_LOGS, [complete_row(AUDIT_LOGS, e) for e in entries])

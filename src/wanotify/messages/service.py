@@ -16,7 +16,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from wanotify.clock import utcnow
 from wanotify.db.base import UTCDateTime, complete_row, new_id
-from wanotify.db.dialect import ByKey, by_key, insert, returning_correlates
+from wanotify.db.dialect import ByKey, by_key, insert, insert_rows, returning_correlates
 from wanotify.db.group_commit import Batch
 from wanotify.db.pagination import Page, newest_first
 from wanotify.errors import NotFound
@@ -101,9 +101,8 @@ async def record_outgoing_many(
     """``record_outgoing`` of a group about to be sent: (message id, WhatsApp id) of each. The
     new rows (``none_yet``) go in ONE multi-row ``INSERT`` of plain rows, no ORM objects; a
     retry's existing row is found and reused one by one."""
-    new = [_fields(o, status="sending") for o in outgoing if o.none_yet]
-    if new:
-        await db.execute(MESSAGES.insert(), new)
+    new = [message_row(o, status="sending") for o in outgoing if o.none_yet]
+    await insert_rows(db, MESSAGES, new)
     made = iter(new)
     ids: list[tuple[uuid.UUID, str]] = []
     for o in outgoing:

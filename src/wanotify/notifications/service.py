@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from wanotify.clock import utcnow
 from wanotify.db.audit import entry_fields, insert_entries, record
 from wanotify.db.base import complete_row
+from wanotify.db.dialect import insert_rows
 from wanotify.db.pagination import Page, newest_first
 from wanotify.errors import Conflict, DomainError, InvalidInput, NotFound
 from wanotify.messages import service as messages
@@ -292,10 +293,8 @@ class _NewRows:
         return Enqueued(row, created=True, message_row=message_row)
 
     async def insert(self, db: AsyncSession) -> None:
-        if self.notifications:
-            await db.execute(NOTIFICATIONS.insert(), self.notifications)
-        if self.message_rows:
-            await db.execute(messages.MESSAGES.insert(), self.message_rows)
+        await insert_rows(db, NOTIFICATIONS, self.notifications)
+        await insert_rows(db, messages.MESSAGES, self.message_rows)
         await insert_entries(db, self.audit)
 
 
