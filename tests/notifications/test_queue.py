@@ -54,7 +54,7 @@ async def seed(factory: SessionFactory, rows: list[dict[str, object]]) -> uuid.U
 
 async def claim(
     factory: SessionFactory, limit: int, instance: str = "i1", now: datetime | None = None
-) -> list[Notification]:
+) -> list[queue.Claimed]:
     async with factory() as db, db.begin():
         return await queue.claim(
             db, instance_id=instance, limit=limit, lease_seconds=30, now=now or utcnow()

@@ -41,7 +41,6 @@ from wanotify.db.notify import (
 )
 from wanotify.notifications import queue
 from wanotify.notifications.dispatcher import NOT_CONNECTED, WAITING_FOR_SESSION, Dispatcher
-from wanotify.notifications.models import Notification
 from wanotify.runtime import Runtime
 from wanotify.settings import Settings
 from wanotify.transports.simulator import SimulatorNetwork
@@ -170,7 +169,7 @@ async def test_woken_while_sending_it_claims_what_came_meanwhile_together(
     claims: list[set[str]] = []
     claim = queue.claim
 
-    async def recorded(db: AsyncSession, **kwargs: Any) -> list[Notification]:
+    async def recorded(db: AsyncSession, **kwargs: Any) -> list[queue.Claimed]:
         rows = await claim(db, **kwargs)
         if rows:
             claims.append({row.recipient_phone for row in rows})

@@ -16,8 +16,7 @@ from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.messages.models import OptOut, WhatsAppMessage
-from wanotify.notifications.models import Notification
-from wanotify.notifications.queue import QUEUE
+from wanotify.notifications.queue import QUEUE, Claimed
 from wanotify.pacing import rules as pacing_rules
 from wanotify.pacing import service as pacing
 from wanotify.pacing.models import SendingPolicy
@@ -79,7 +78,7 @@ async def _of_orgs(
 
 
 async def read_contexts(
-    db: AsyncSession, *, rows: Sequence[Notification], settings: Settings
+    db: AsyncSession, *, rows: Sequence[Claimed], settings: Settings
 ) -> dict[uuid.UUID, Context]:
     """The context of each claimed row, by notification id."""
     if not rows:

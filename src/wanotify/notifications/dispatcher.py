@@ -38,6 +38,7 @@ from wanotify.messages import service as messages
 from wanotify.notifications import queue
 from wanotify.notifications.context import Context, read_contexts
 from wanotify.notifications.models import Notification
+from wanotify.notifications.queue import Claimed
 from wanotify.pacing import rules as pacing_rules
 from wanotify.pacing import service as pacing
 from wanotify.sessions.manager import SessionManager
@@ -79,7 +80,7 @@ class _Sending:
 class _Settling:
     """An outcome on its way to the database, with the time it was reached."""
 
-    row: Notification
+    row: Claimed
     outcome: Outcome
     at: datetime
 
@@ -312,7 +313,7 @@ class Dispatcher:
 
     # ---- one notification --------------------------------------------------------------------
 
-    async def _process(self, row: Notification, context: Context) -> None:
+    async def _process(self, row: Claimed, context: Context) -> None:
         session_id = str(context.session.id) if context.session else None
         with bind(org_id=str(row.org_id), session_id=session_id, notification_id=str(row.id)):
             try:
@@ -327,7 +328,7 @@ class Dispatcher:
             finally:
                 self._release(row.id)
 
-    async def _send(self, row: Notification, context: Context) -> Outcome:
+    async def _send(self, row: Claimed, context: Context) -> Outcome:
         session, opted_out, template = context.session, context.opted_out, context.template
         existing = context.message if row.message_id else None
         policy, timezone = context.policy, context.timezone
@@ -374,7 +375,7 @@ class Dispatcher:
 
     async def _pace(
         self,
-        row: Notification,
+        row: Claimed,
         session_id: uuid.UUID,
         linked_at: datetime | None,
         policy: pacing_rules.Policy,
@@ -410,7 +411,7 @@ class Dispatcher:
         wait = max(0.0, (until - utcnow()).total_seconds())
         return Outcome("pending", reason, retry_in=wait, refund_attempt=True)
 
-    def _render(self, row: Notification, template: WhatsAppTemplate | None) -> str:
+    def _render(self, row: Claimed, template: WhatsAppTemplate | None) -> str:
         if row.template_id is None and "text" in row.message_data:
             return str(row.message_data["text"])
         if template is None:  # deleting a template sets its notifications' template_id NULL
@@ -425,7 +426,7 @@ class Dispatcher:
 
     async def _deliver(
         self,
-        row: Notification,
+        row: Claimed,
         session_id: uuid.UUID,
         connection: Connection,
         body: str,
@@ -503,7 +504,7 @@ class Dispatcher:
 
     @staticmethod
     async def _send_one(
-        row: Notification,
+        row: Claimed,
         connection: Connection,
         body: str,
         template: WhatsAppTemplate | None,
@@ -527,9 +528,7 @@ class Dispatcher:
             )
         return await connection.send_text(to=row.recipient_phone, text=body, message_id=wamid)
 
-    async def _count_send_error(
-        self, row: Notification, session_id: uuid.UUID, reason: str
-    ) -> None:
+    async def _count_send_error(self, row: Claimed, session_id: uuid.UUID, reason: str) -> None:
         """N send errors in a row look like WhatsApp throttling the number: pause it, as a
         temporary ban would, rather than keep pushing."""
         count = self._send_errors.get(session_id, 0) + 1
@@ -546,7 +545,7 @@ class Dispatcher:
             reason=f"{count} send errors in a row (last: {reason})",
         )
 
-    def _wait_for_session(self, row: Notification) -> Outcome:
+    def _wait_for_session(self, row: Claimed) -> Outcome:
         """Linked but not connected right now: wait for the reconnect without using an attempt,
         up to a limit, then fail."""
         waited = (utcnow() - row.created_at).total_seconds()
@@ -559,7 +558,7 @@ class Dispatcher:
             refund_attempt=True,
         )
 
-    def _retry_or_fail(self, row: Notification, reason: str) -> Outcome:
+    def _retry_or_fail(self, row: Claimed, reason: str) -> Outcome:
         if row.attempts >= row.max_attempts:
             return Outcome("failed", f"{reason} (after {row.attempts} attempts)")
         wait = backoff.delay(
@@ -569,7 +568,7 @@ class Dispatcher:
         )
         return Outcome("pending", reason, retry_in=wait)
 
-    async def _settle(self, row: Notification, outcome: Outcome) -> None:
+    async def _settle(self, row: Claimed, outcome: Outcome) -> None:
         # settled with the other outcomes ready meanwhile: a few multi-row statements a group
         # (a failed group is rolled back and each settle runs again alone, held by its lease)
         settling = _Settling(row, outcome, utcnow())

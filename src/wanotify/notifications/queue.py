@@ -6,7 +6,7 @@
                    WHERE status='pending' AND next_attempt_at <= now
                    ORDER BY priority DESC, next_attempt_at
                    LIMIT n FOR UPDATE SKIP LOCKED)
-    RETURNING *
+    RETURNING id, org_id, … (the columns the dispatcher reads: ``Claimed``)
 
 On PostgreSQL concurrent claimers skip each other's rows; on SQLite the transaction holds the
 single write lock (``BEGIN IMMEDIATE``), which gives the same guarantee.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,40 +37,67 @@ from wanotify.sessions.models import WhatsAppSession
 QUEUE: Table = Notification.__table__  # type: ignore[assignment]
 
 
+@dataclass(slots=True, eq=False)
+class Claimed:
+    """A claimed row: the columns the dispatcher and its rules read, as plain values. The
+    claim returned ORM objects before; building them (an instrumented instance and its
+    identity-map entry a row, 256 a claim) cost more than the columns' own decoding."""
+
+    id: uuid.UUID
+    org_id: uuid.UUID
+    notification_type: str
+    recipient_phone: str
+    template_id: uuid.UUID | None
+    message_data: dict[str, Any]
+    status: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime
+    locked_by: str | None
+    locked_until: datetime | None
+    message_id: uuid.UUID | None  # set by the dispatcher once the message row is written
+    sent_by: uuid.UUID | None
+    created_at: datetime
+
+
+_CLAIMED = [QUEUE.c[f.name] for f in fields(Claimed)]
+SESSIONS: Table = WhatsAppSession.__table__  # type: ignore[assignment]
+
+
 def _claim_statement(*, skipping: bool) -> Any:
     """The claim, built once (building it cost more CPU than running it): binds ``instance``,
-    ``now``, ``locked_until``, ``limit`` and, ``skipping``, the ``skip_orgs`` list."""
+    ``now``, ``locked_until``, ``limit`` and, ``skipping``, the ``skip_orgs`` list. Written
+    with the tables' columns, not the mapped classes', so it runs as a core statement."""
+    q, s = QUEUE.c, SESSIONS.c
     now = bindparam("now", type_=UTCDateTime())
-    leased = and_(
-        WhatsAppSession.owner_instance.is_not(None), WhatsAppSession.lease_expires_at >= now
-    )
+    leased = and_(s.owner_instance.is_not(None), s.lease_expires_at >= now)
     instance = bindparam("instance", type_=String())
-    mine = select(WhatsAppSession.org_id).where(leased, WhatsAppSession.owner_instance == instance)
-    held = select(WhatsAppSession.org_id).where(leased)
+    mine = select(s.org_id).where(leased, s.owner_instance == instance)
+    held = select(s.org_id).where(leased)
     due = (
-        select(Notification.id)
+        select(q.id)
         .where(
-            Notification.status == "pending",
-            Notification.next_attempt_at <= now,
-            or_(Notification.org_id.in_(mine), Notification.org_id.not_in(held)),
+            q.status == "pending",
+            q.next_attempt_at <= now,
+            or_(q.org_id.in_(mine), q.org_id.not_in(held)),
         )
-        .order_by(Notification.priority.desc(), Notification.next_attempt_at)
+        .order_by(q.priority.desc(), q.next_attempt_at)
         .limit(bindparam("limit", type_=Integer()))
     )
     if skipping:
-        due = due.where(Notification.org_id.not_in(bindparam("skip_orgs", expanding=True)))
+        due = due.where(q.org_id.not_in(bindparam("skip_orgs", expanding=True)))
     return (
-        update(Notification)
-        .where(Notification.id.in_(skip_locked(due).scalar_subquery()))
+        update(QUEUE)
+        .where(q.id.in_(skip_locked(due).scalar_subquery()))
         .values(
             status="processing",
             locked_by=instance,
             locked_until=bindparam("locked_until", type_=UTCDateTime()),
-            attempts=Notification.attempts + 1,
+            attempts=q.attempts + 1,
             updated_at=now,
         )
-        .returning(Notification)
-        .execution_options(synchronize_session=False)
+        .returning(*_CLAIMED)
     )
 
 
@@ -85,7 +113,7 @@ async def claim(
     lease_seconds: float,
     now: datetime,
     skip_orgs: Collection[uuid.UUID] = (),
-) -> list[Notification]:
+) -> list[Claimed]:
     """``skip_orgs``: orgs whose number may not send right now (pacing), left for later."""
     params: dict[str, Any] = {
         "instance": instance_id,
@@ -95,7 +123,8 @@ async def claim(
     }
     if skip_orgs:
         params["skip_orgs"] = list(skip_orgs)
-    rows = list((await db.scalars(_CLAIM_SKIPPING if skip_orgs else _CLAIM, params)).all())
+    result = await db.execute(_CLAIM_SKIPPING if skip_orgs else _CLAIM, params)
+    rows = [Claimed(*row) for row in result]
     rows.sort(key=lambda n: (-n.priority, n.next_attempt_at))
     return rows
 
