@@ -226,7 +226,7 @@ class _InsertPlan:
         )
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)  # per table and engine; a process has a few engines
 def _insert_plan(table: Table, dialect: Dialect) -> _InsertPlan:
     """``table``'s every-column ``INSERT`` compiled for ``dialect``, with its parameters'
     column keys in order and their bind processors; once per table and dialect."""
