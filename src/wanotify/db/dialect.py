@@ -18,8 +18,9 @@
   connections' backend ids (``track_backend_pids``) to skip the news it sent itself.
 - A multi-row ``UPDATE`` with values of each row's own (``by_key``): on PostgreSQL
   ``UPDATE … FROM unnest(keys, values…)``, one array parameter a column, a statement of one
-  shape whatever the group's size, each row found through its index; on SQLite
-  ``WHERE key IN (…)`` and ``CASE key WHEN … THEN … END``, a bound value per row.
+  shape whatever the group's size, each row found through its index (``keyed_statement``
+  builds it once and binds the arrays by name); on SQLite ``WHERE key IN (…)`` and
+  ``CASE key WHEN … THEN … END``, a bound value per row.
 - A subquery in ``RETURNING`` that names the row written (``returning_correlates``): PostgreSQL
   only; SQLite's ``RETURNING`` is rendered unqualified.
 - A group's new rows (``insert_rows``): on PostgreSQL the driver's multi-row execute of each
@@ -30,9 +31,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Table,
@@ -192,6 +193,59 @@ def by_key(
 
 def _array(values: list[Any], type_: TypeEngine[Any]) -> Any:
     return bindparam(None, values, type_=ARRAY(type_), unique=True)
+
+
+S = TypeVar("S")
+
+
+def keyed_statement(
+    dialect_name: str,
+    keys: Sequence[ColumnElement[Any]],
+    rows: Mapping[Any, Sequence[Any]],
+    types: Mapping[str, TypeEngine[Any]],
+    build: Callable[..., S],
+    *args: Hashable,
+) -> tuple[S, dict[str, Any]]:
+    """``build(by, *args)`` for ``by_key``'s rows, and the parameters to execute it with.
+
+    On PostgreSQL the statement is built once for each ``build``, ``args``, key columns and
+    value names and types, its arrays bound by name (``by_key_0``, …), and only the
+    parameters are made per call: at one row a group (a quiet service), building the statement
+    and its cache key cost more CPU than running it. ``build`` must depend on nothing but
+    ``by`` and ``args``. On SQLite (a bound value per row) it is built per call."""
+    if dialect_name != "postgresql":
+        return build(by_key(dialect_name, keys, rows, types), *args), {}
+    memo = (build, tuple(keys), tuple((n, type(t).__name__) for n, t in types.items()), args)
+    statement: S | None = _PREBUILT.get(memo)
+    if statement is None:
+        statement = _PREBUILT[memo] = build(_named_by_key(keys, types), *args)
+    keyed = [k if len(keys) > 1 else (k,) for k in rows]
+    params = {f"by_key_{i}": [k[i] for k in keyed] for i in range(len(keys))}
+    params.update(
+        {f"by_key_{len(keys) + j}": [v[j] for v in rows.values()] for j in range(len(types))}
+    )
+    return statement, params
+
+
+#: ``keyed_statement``'s statements on PostgreSQL: one for each call site and variant
+_PREBUILT: dict[tuple[Any, ...], Any] = {}
+
+
+def _named_by_key(
+    keys: Sequence[ColumnElement[Any]], types: Mapping[str, TypeEngine[Any]]
+) -> ByKey:
+    """``by_key``'s PostgreSQL form with its arrays bound by name, not by value."""
+    all_types = [*(key.type for key in keys), *types.values()]
+    columns = [
+        *(column(f"key{i}", key.type) for i, key in enumerate(keys)),
+        *(column(name, t) for name, t in types.items()),
+    ]
+    arrays = [bindparam(f"by_key_{i}", type_=ARRAY(t)) for i, t in enumerate(all_types)]
+    given = func.unnest(*arrays).table_valued(*columns).render_derived()
+    return ByKey(
+        and_(*(key == given.c[f"key{i}"] for i, key in enumerate(keys))),
+        {name: given.c[name] for name in types},
+    )
 
 
 async def insert_rows(db: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from wanotify.clock import utcnow
 from wanotify.db.base import UTCDateTime, complete_row, new_id
-from wanotify.db.dialect import ByKey, by_key, insert, insert_rows, returning_correlates
+from wanotify.db.dialect import ByKey, insert, insert_rows, keyed_statement, returning_correlates
 from wanotify.db.group_commit import Batch
 from wanotify.db.pagination import Page, newest_first
 from wanotify.errors import NotFound
@@ -168,6 +168,35 @@ class Sent:
     provider_id: str | None = None
 
 
+def _sent_times(by: ByKey, with_provider_ids: bool) -> dict[str, Any]:
+    t = MESSAGES
+    values: dict[str, Any] = {"sent_at": func.coalesce(t.c.sent_at, by["at"])}
+    if with_provider_ids:
+        values["whatsapp_message_id"] = func.coalesce(by["provider_id"], t.c.whatsapp_message_id)
+    return values
+
+
+def _mark_sent(by: ByKey, dialect: str, with_provider_ids: bool) -> Any:
+    """``mark_sent_many``'s first statement: ``sent``, with the times (and ids)."""
+    t = MESSAGES
+    return (
+        update(t)
+        .where(by.match, t.c.status.in_(_earlier("sent")))
+        .values(status="sent", **_sent_times(by, with_provider_ids))
+        .returning(t.c.id, *_listened(dialect))
+    )
+
+
+def _fill_sent(by: ByKey, with_provider_ids: bool) -> Any:
+    """``mark_sent_many``'s second: the time and id only, of messages already further on."""
+    t = MESSAGES
+    return (
+        update(t)
+        .where(by.match, or_(t.c.sent_at.is_(None), by["provider_id"].is_not(None)))
+        .values(**_sent_times(by, with_provider_ids))
+    )
+
+
 async def mark_sent_many(db: AsyncSession, *, sent: Mapping[uuid.UUID, Sent]) -> None:
     """``mark_sent`` of many messages (a group of settles): one ``UPDATE`` moves them all to
     ``sent`` with their own times; a second only for those a receipt overtook (or that
@@ -177,35 +206,19 @@ async def mark_sent_many(db: AsyncSession, *, sent: Mapping[uuid.UUID, Sent]) ->
     t = MESSAGES
     dialect = db.get_bind().dialect.name
     types = {"at": UTCDateTime(), "provider_id": t.c.whatsapp_message_id.type}
-
-    def values(by: ByKey) -> dict[str, Any]:
-        values: dict[str, Any] = {"sent_at": func.coalesce(t.c.sent_at, by["at"])}
-        if any(v.provider_id for v in sent.values()):
-            values["whatsapp_message_id"] = func.coalesce(
-                by["provider_id"], t.c.whatsapp_message_id
-            )
-        return values
-
+    with_ids = any(v.provider_id for v in sent.values())
     rows = {k: (v.at, v.provider_id) for k, v in sent.items()}
-    by = by_key(dialect, [t.c.id], rows, types)
-    result = await db.execute(
-        update(t)
-        .where(by.match, t.c.status.in_(_earlier("sent")))
-        .values(status="sent", **values(by))
-        .returning(t.c.id, *_listened(dialect))
+    statement, params = keyed_statement(
+        dialect, [t.c.id], rows, types, _mark_sent, dialect, with_ids
     )
-    written = result.all()
+    written = (await db.execute(statement, params)).all()
     moved = {row[0] for row in written}
     if heard := _heard(dialect, written):
         await _emit_status(db, heard)
     rest = {k: v for k, v in rows.items() if k not in moved}
     if rest:  # already further on (a receipt overtook this) or failed
-        by = by_key(dialect, [t.c.id], rest, types)
-        await db.execute(
-            update(t)
-            .where(by.match, or_(t.c.sent_at.is_(None), by["provider_id"].is_not(None)))
-            .values(**values(by))
-        )
+        statement, params = keyed_statement(dialect, [t.c.id], rest, types, _fill_sent, with_ids)
+        await db.execute(statement, params)
 
 
 async def mark_failed(db: AsyncSession, *, message_id: uuid.UUID, error: str, at: datetime) -> None:
@@ -392,6 +405,23 @@ async def _apply_receipt_bursts(db: AsyncSession, bursts: list[Sequence[ReceiptI
 RECEIPT_BURSTS: Batch[Sequence[ReceiptIn], None] = Batch("receipts", _apply_receipt_bursts)
 
 
+def _forward(by: ByKey, dialect: str, status: str) -> Any:
+    """``_move_forward``'s statement: to ``status`` from any earlier one, with the times."""
+    t = MESSAGES
+    values: dict[str, Any] = {
+        "status": status,
+        "delivered_at": func.coalesce(t.c.delivered_at, by["at"]),
+    }
+    if status == "read":
+        values["read_at"] = func.coalesce(t.c.read_at, by["at"])
+    return (
+        update(t)
+        .where(by.match, t.c.status.in_(_earlier(status)))
+        .values(**values)
+        .returning(t.c.id, t.c.session_id, t.c.whatsapp_message_id, *_listened(dialect))
+    )
+
+
 async def _move_forward(
     db: AsyncSession, *, status: str, times: Mapping[tuple[uuid.UUID | None, str], datetime]
 ) -> set[tuple[uuid.UUID | None, str]]:
@@ -404,25 +434,23 @@ async def _move_forward(
         by_id: dict[str, tuple[datetime]] = {}  # come to two numbers at once)
         for (_, wamid), at in times.items():
             by_id.setdefault(wamid, (at,))
-        by = by_key(dialect, [t.c.whatsapp_message_id], by_id, types)
+        statement, params = keyed_statement(
+            dialect, [t.c.whatsapp_message_id], by_id, types, _forward, dialect, status
+        )
         any_number = True
     else:
         rows = {key: (at,) for key, at in times.items()}
-        by = by_key(dialect, [t.c.session_id, t.c.whatsapp_message_id], rows, types)
+        statement, params = keyed_statement(
+            dialect,
+            [t.c.session_id, t.c.whatsapp_message_id],
+            rows,
+            types,
+            _forward,
+            dialect,
+            status,
+        )
         any_number = False
-    values: dict[str, Any] = {
-        "status": status,
-        "delivered_at": func.coalesce(t.c.delivered_at, by["at"]),
-    }
-    if status == "read":
-        values["read_at"] = func.coalesce(t.c.read_at, by["at"])
-    result = await db.execute(
-        update(t)
-        .where(by.match, t.c.status.in_(_earlier(status)))
-        .values(**values)
-        .returning(t.c.id, t.c.session_id, t.c.whatsapp_message_id, *_listened(dialect))
-    )
-    written = result.all()
+    written = (await db.execute(statement, params)).all()
     if heard := _heard(dialect, written):
         await _emit_status(db, heard)
     return {(None if any_number else row[1], row[2]) for row in written}

@@ -28,7 +28,7 @@ from sqlalchemy import Integer, String, Table, and_, bindparam, func, or_, selec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from wanotify.db.base import UTCDateTime
-from wanotify.db.dialect import by_key, skip_locked
+from wanotify.db.dialect import ByKey, keyed_statement, skip_locked
 from wanotify.messages.service import has_failed
 from wanotify.notifications.models import Notification
 from wanotify.sessions.models import WhatsAppSession
@@ -202,28 +202,15 @@ async def settle(
     return bool(getattr(result, "rowcount", 0))
 
 
-async def complete_many(
-    db: AsyncSession, *, instance_id: str, done: Mapping[uuid.UUID, tuple[datetime, uuid.UUID]]
-) -> set[uuid.UUID]:
-    """``settle`` of a group of sends that went out: notification id → (when, its message).
-    One ``UPDATE`` for all, each row its own time; returns the ids completed. Left as they
-    are: a row whose lease was lost meanwhile (its new holder settles it), and one whose
-    message the provider has reported failed already (``messages.failures_of`` says why)."""
-    if not done:
-        return set()
+def _complete(by: ByKey) -> Any:
+    """``complete_many``'s statement for a group's keyed values (``by``)."""
     t = QUEUE
-    by = by_key(
-        db.get_bind().dialect.name,
-        [t.c.id],
-        done,
-        {"at": UTCDateTime(), "message_id": t.c.message_id.type},
-    )
-    held = await db.scalars(
+    return (
         update(t)
         .where(
             by.match,
             t.c.status == "processing",
-            t.c.locked_by == instance_id,
+            t.c.locked_by == bindparam("instance", type_=String()),
             ~has_failed(by["message_id"]),
         )
         .values(
@@ -237,4 +224,23 @@ async def complete_many(
         )
         .returning(t.c.id)
     )
+
+
+async def complete_many(
+    db: AsyncSession, *, instance_id: str, done: Mapping[uuid.UUID, tuple[datetime, uuid.UUID]]
+) -> set[uuid.UUID]:
+    """``settle`` of a group of sends that went out: notification id → (when, its message).
+    One ``UPDATE`` for all, each row its own time; returns the ids completed. Left as they
+    are: a row whose lease was lost meanwhile (its new holder settles it), and one whose
+    message the provider has reported failed already (``messages.failures_of`` says why)."""
+    if not done:
+        return set()
+    statement, params = keyed_statement(
+        db.get_bind().dialect.name,
+        [QUEUE.c.id],
+        done,
+        {"at": UTCDateTime(), "message_id": QUEUE.c.message_id.type},
+        _complete,
+    )
+    held = await db.scalars(statement, {**params, "instance": instance_id})
     return set(held)
