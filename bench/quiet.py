@@ -1,0 +1,81 @@
+"""What a notification costs when few arrive at once: this process's CPU at low offered rates.
+
+    python bench/quiet.py                  # 50, 100, 200 and 400 notifications/s, 5 s each
+    python bench/quiet.py --rates 50,100 --seconds 10
+
+The pipeline bench's figures are for a loaded service, whose groups and claims hold tens or
+hundreds of notifications. At a low rate each notification is enqueued, claimed, recorded,
+settled and receipted alone, so it pays every transaction's and statement's fixed cost by
+itself. Runs the real runtime in this process, as ``pipeline.py`` does (PostgreSQL, simulator
+without delays, pacing off, 10 orgs), offers each rate on a fixed schedule (open loop) and
+prints this process's CPU per notification and as a share of one core. Not in it: the
+PostgreSQL server's CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from harness import make_settings, run
+from pipeline import Settled, link_orgs, offer
+from scratch import DEFAULT_PG, scratch_database
+
+from wanotify.process import after_startup
+from wanotify.runtime import Runtime
+from wanotify.transports import build_transport
+from wanotify.transports.simulator import SimulatorNetwork
+
+
+async def main(args: argparse.Namespace) -> None:
+    rates = [float(r) for r in args.rates.split(",")]
+    rows = []
+    async with scratch_database(args.database_url, "wanotify_quiet") as url:
+        settings = make_settings(url, Path(tempfile.mkdtemp(prefix="wanotify-quiet-")))
+        network = SimulatorNetwork(delivery_delay_seconds=0.0, send_latency_seconds=0.0)
+        runtime = Runtime(settings, transport=build_transport(settings, network=network))
+        await runtime.start()
+        after_startup()  # as ``wanotify worker`` does
+        try:
+            org_ids = await link_orgs(runtime, args.orgs)
+            settled = Settled()
+            started, cpu = time.perf_counter(), time.process_time()
+            await asyncio.sleep(2.0)
+            idle = (time.process_time() - cpu) / (time.perf_counter() - started)
+            for k, rate in enumerate(rates):
+                n = max(1, int(rate * args.seconds))
+                done = settled.count()
+                started, cpu = time.perf_counter(), time.process_time()
+                await offer(
+                    runtime,
+                    org_ids,
+                    rate,
+                    n,
+                    lambda i, k=k: f"+1{303 + k}555{i % 10000:04d}",
+                    lambda n=n, done=done: settled.until(done + n),
+                )
+                wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+                rows.append((rate, n, cpu / wall, cpu * 1000 / n))
+        finally:
+            await runtime.stop()
+    print()
+    print(f"idle, 10 linked numbers: {idle:.1%} of one core")
+    print()
+    print("| offered/s | notifications | this process's CPU: share of a core | ms each |")
+    print("|---|---|---|---|")
+    for rate, n, share, per in rows:
+        print(f"| {rate:,.0f} | {n:,} | {share:.1%} | {per:.2f} |")
+    print(f"\nload average {os.getloadavg()[0]:.2f} (1 min)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=DEFAULT_PG, help="PostgreSQL admin URL")
+    parser.add_argument("--rates", default="50,100,200,400", help="offered rates, per second")
+    parser.add_argument("--seconds", type=float, default=5.0, help="at each rate")
+    parser.add_argument("--orgs", type=int, default=10)
+    run(main(parser.parse_args()))
