@@ -18,6 +18,9 @@ is not in it). The rows:
 - ``insert``: a group of 64 new queue rows. Today: ``dialect.insert_rows`` (the driver's
   ``executemany`` of positional values). Before: SQLAlchemy's ``table.insert()`` with a list of
   dictionaries.
+- ``settle``: the completion of ONE claimed row (``queue.complete_many`` of a group of one, as
+  at a low rate). Today: its ``UPDATE … FROM unnest`` built once (``dialect.keyed_statement``),
+  the arrays passed as parameters. Before: the statement built for each call (``by_key``).
 
 Each form's rows are put back as they were between runs (pending again, or deleted), outside
 the timing.
@@ -44,8 +47,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from wanotify.clock import utcnow
 from wanotify.db import migrate
 from wanotify.db.base import UTCDateTime, complete_row
-from wanotify.db.dialect import insert_rows, skip_locked
+from wanotify.db.dialect import by_key, insert_rows, skip_locked
 from wanotify.messages.models import OptOut, WhatsAppMessage
+from wanotify.messages.service import has_failed
 from wanotify.notifications import context, queue
 from wanotify.notifications.models import Notification
 from wanotify.sessions.models import WhatsAppSession
@@ -130,6 +134,39 @@ async def joined_context(db: AsyncSession, rows: list[queue.Claimed], settings: 
     await context._of_orgs(db, {row.org_id for row in rows}, settings)
     found = await db.execute(JOINED_ROWS, {"ids": [row.id for row in rows]})
     return len({nid: (t, opted, m) for nid, t, opted, m in found})
+
+
+async def complete_built_per_call(
+    db: AsyncSession, instance_id: str, done: dict[uuid.UUID, tuple[Any, uuid.UUID]]
+) -> set[uuid.UUID]:
+    """``queue.complete_many`` as it was: the statement built for each call."""
+    t = Q
+    by = by_key(
+        db.get_bind().dialect.name,
+        [t.c.id],
+        done,
+        {"at": UTCDateTime(), "message_id": t.c.message_id.type},
+    )
+    held = await db.scalars(
+        update(t)
+        .where(
+            by.match,
+            t.c.status == "processing",
+            t.c.locked_by == instance_id,
+            ~has_failed(by["message_id"]),
+        )
+        .values(
+            status="completed",
+            locked_by=None,
+            locked_until=None,
+            last_error=None,
+            message_id=by["message_id"],
+            updated_at=by["at"],
+            completed_at=by["at"],
+        )
+        .returning(t.c.id)
+    )
+    return set(held)
 
 
 def new_rows() -> list[dict[str, Any]]:
@@ -240,10 +277,30 @@ async def main(args: argparse.Namespace) -> None:
                 await db.execute(Q.insert(), new_rows())
                 return GROUP
 
+            async def one_settle(
+                db: AsyncSession,
+                complete: Callable[..., Awaitable[set[uuid.UUID]]],
+            ) -> int:
+                (row,) = await queue.claim(
+                    db, instance_id="bench", limit=1, lease_seconds=60, now=utcnow()
+                )
+                done = {row.id: (utcnow(), uuid.uuid4())}
+                return len(await complete(db, instance_id="bench", done=done))
+
+            async def settle_built_once(db: AsyncSession) -> int:
+                return await one_settle(db, queue.complete_many)
+
+            async def settle_built_per_call(db: AsyncSession) -> int:
+                async def complete(db: AsyncSession, **kw: Any) -> set[uuid.UUID]:
+                    return await complete_built_per_call(db, kw["instance_id"], kw["done"])
+
+                return await one_settle(db, complete)
+
             pairs = {
                 "claim (256 rows)": (orm_claim, core_claim, BATCH),
                 "context (256 rows)": (with_templates_joined, with_templates_once, BATCH),
                 "insert (64 rows)": (by_sqlalchemy_insert, by_insert_rows, GROUP),
+                "claim and settle (1 row)": (settle_built_per_call, settle_built_once, 1),
             }
             results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in pairs}
             for r in range(args.rounds):
