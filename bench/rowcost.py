@@ -18,6 +18,8 @@ is not in it). The rows:
 - ``insert``: a group of 64 new queue rows. Today: ``dialect.insert_rows`` (the driver's
   ``executemany`` of positional values). Before: SQLAlchemy's ``table.insert()`` with a list of
   dictionaries.
+- ``context (1 row)``: the same for a batch of one (a quiet service), where reading the
+  template by a query of its own is one more round trip for one row.
 - ``settle``: the completion of ONE claimed row (``queue.complete_many`` of a group of one, as
   at a low rate). Today: its ``UPDATE … FROM unnest`` built once (``dialect.keyed_statement``),
   the arrays passed as parameters. Before: the statement built for each call (``by_key``).
@@ -296,11 +298,20 @@ async def main(args: argparse.Namespace) -> None:
 
                 return await one_settle(db, complete)
 
+            one = claimed[:1]
+
+            async def one_context_once(db: AsyncSession) -> int:
+                return len(await context.read_contexts(db, rows=one, settings=settings))
+
+            async def one_context_joined(db: AsyncSession) -> int:
+                return await joined_context(db, one, settings)
+
             pairs = {
                 "claim (256 rows)": (orm_claim, core_claim, BATCH),
                 "context (256 rows)": (with_templates_joined, with_templates_once, BATCH),
                 "insert (64 rows)": (by_sqlalchemy_insert, by_insert_rows, GROUP),
                 "claim and settle (1 row)": (settle_built_per_call, settle_built_once, 1),
+                "context (1 row)": (one_context_joined, one_context_once, 1),
             }
             results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in pairs}
             for r in range(args.rounds):

@@ -20,6 +20,7 @@ from tests.support import (
 )
 
 from wanotify.messages.models import WhatsAppMessage
+from wanotify.notifications import context
 from wanotify.runtime import Runtime
 from wanotify.transports.simulator import SimulatorNetwork
 
@@ -258,3 +259,65 @@ async def test_history_filters_and_cursor(
     assert filtered.json()["items"] == []
     bad = await client.get("/api/messages", params={"cursor": "nonsense"}, headers=org.headers)
     assert bad.status_code == 422
+
+
+async def test_a_large_batch_renders_each_notification_with_its_own_template(
+    client: httpx.AsyncClient, network: SimulatorNetwork, org: Org, runtime: Runtime
+) -> None:
+    """A batch larger than ``context.SMALL_BATCH`` reads its templates by a query of their own
+    (a small one joins them to its rows): each notification still gets its own template, an
+    org's override of a system template included, and its own variables."""
+    await link_phone(client, network, org, BUSINESS)
+    override = await client.post(
+        "/api/templates",
+        json={
+            "name": "maintenance_due",
+            "category": "maintenance",
+            "message_template": "Service {{ vehicle_name }} ({{ plate_number }}) now",
+            "variables": [{"name": "vehicle_name"}, {"name": "plate_number"}],
+        },
+        headers=org.headers,
+    )
+    assert override.status_code == 201, override.text
+    await runtime.dispatcher.stop()  # the whole batch is claimed at once when it starts again
+    expected: dict[str, str] = {}
+    count = context.SMALL_BATCH + 8
+    for i in range(count):
+        phone = f"+1415555{2000 + i:04d}"
+        if i % 2:
+            await enqueue(
+                client,
+                org,
+                recipient_phone=phone,
+                message_data={"vehicle_name": f"Truck {i}", "plate_number": f"KD {i}"},
+            )
+            expected[phone] = f"Service Truck {i} (KD {i}) now"
+        else:
+            await enqueue(
+                client,
+                org,
+                notification_type="licence_expiry",
+                recipient_phone=phone,
+                template="license_expiry",
+                message_data={
+                    "driver_name": f"Driver {i}",
+                    "license_number": f"DL-{i}",
+                    "expiry_date": "2026-12-24",
+                    "days_left": "20",
+                },
+            )
+            expected[phone] = f"Driver {i}"
+    await runtime.dispatcher.start()
+
+    async def all_sent() -> dict[str, str] | None:
+        got = {phone: network.inbox(phone) for phone in expected}
+        if not all(got.values()):
+            return None
+        return {phone: inbox[0]["text"] for phone, inbox in got.items()}
+
+    texts = await eventually(all_sent, what=f"{count} notifications sent")
+    for phone, text in texts.items():
+        if expected[phone].startswith("Service"):
+            assert text == expected[phone]
+        else:  # the system template, with this notification's own variables
+            assert expected[phone] in text and "DL-" + expected[phone].split()[-1] in text
