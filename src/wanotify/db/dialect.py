@@ -164,21 +164,9 @@ def by_key(
     by their keys: one statement text for any group size (prepared once), each row found
     through the key's index. The ``array_position`` look-up it replaces scanned the whole array
     for every row: 2,000 rows of a scratch table took 50 ms on the server, against 13."""
-    keyed = [k if len(keys) > 1 else (k,) for k in rows]
     if dialect_name == "postgresql":
-        columns = [
-            *(column(f"key{i}", key.type) for i, key in enumerate(keys)),
-            *(column(name, type_) for name, type_ in types.items()),
-        ]
-        arrays = [
-            *(_array([k[i] for k in keyed], key.type) for i, key in enumerate(keys)),
-            *(_array([v[j] for v in rows.values()], t) for j, t in enumerate(types.values())),
-        ]
-        given = func.unnest(*arrays).table_valued(*columns).render_derived()
-        return ByKey(
-            and_(*(key == given.c[f"key{i}"] for i, key in enumerate(keys))),
-            {name: given.c[name] for name in types},
-        )
+        return _unnested(keys, types, _columns(keys, rows, types))
+    keyed = [k if len(keys) > 1 else (k,) for k in rows]
     one = len(keys) == 1
     match = keys[0].in_([k for (k,) in keyed]) if one else tuple_(*keys).in_(keyed)
     whens = [and_(*(key == v for key, v in zip(keys, k, strict=True))) for k in keyed]
@@ -191,8 +179,43 @@ def by_key(
     )
 
 
-def _array(values: list[Any], type_: TypeEngine[Any]) -> Any:
-    return bindparam(None, values, type_=ARRAY(type_), unique=True)
+def _columns(
+    keys: Sequence[ColumnElement[Any]],
+    rows: Mapping[Any, Sequence[Any]],
+    types: Mapping[str, TypeEngine[Any]],
+) -> list[list[Any]]:
+    """``rows`` (key → values) as one list a column: the keys' columns, then the values'."""
+    keyed = [k if len(keys) > 1 else (k,) for k in rows]
+    return [
+        *([k[i] for k in keyed] for i in range(len(keys))),
+        *([v[j] for v in rows.values()] for j in range(len(types))),
+    ]
+
+
+def _unnested(
+    keys: Sequence[ColumnElement[Any]],
+    types: Mapping[str, TypeEngine[Any]],
+    values: list[list[Any]] | None = None,
+) -> ByKey:
+    """``by_key``'s PostgreSQL form: ``unnest`` of one array a column, joined by the keys.
+    ``values``: the arrays bound with the statement (``by_key``); without them the arrays are
+    parameters named ``by_key_0``, ``by_key_1`` … (``keyed_statement``)."""
+    all_types = [*(key.type for key in keys), *types.values()]
+    columns = [
+        *(column(f"key{i}", key.type) for i, key in enumerate(keys)),
+        *(column(name, t) for name, t in types.items()),
+    ]
+    arrays = [
+        bindparam(f"by_key_{i}", type_=ARRAY(t))
+        if values is None
+        else bindparam(None, values[i], type_=ARRAY(t), unique=True)
+        for i, t in enumerate(all_types)
+    ]
+    given = func.unnest(*arrays).table_valued(*columns).render_derived()
+    return ByKey(
+        and_(*(key == given.c[f"key{i}"] for i, key in enumerate(keys))),
+        {name: given.c[name] for name in types},
+    )
 
 
 S = TypeVar("S")
@@ -218,34 +241,12 @@ def keyed_statement(
     memo = (build, tuple(keys), tuple((n, type(t).__name__) for n, t in types.items()), args)
     statement: S | None = _PREBUILT.get(memo)
     if statement is None:
-        statement = _PREBUILT[memo] = build(_named_by_key(keys, types), *args)
-    keyed = [k if len(keys) > 1 else (k,) for k in rows]
-    params = {f"by_key_{i}": [k[i] for k in keyed] for i in range(len(keys))}
-    params.update(
-        {f"by_key_{len(keys) + j}": [v[j] for v in rows.values()] for j in range(len(types))}
-    )
-    return statement, params
+        statement = _PREBUILT[memo] = build(_unnested(keys, types), *args)
+    return statement, {f"by_key_{i}": c for i, c in enumerate(_columns(keys, rows, types))}
 
 
 #: ``keyed_statement``'s statements on PostgreSQL: one for each call site and variant
 _PREBUILT: dict[tuple[Any, ...], Any] = {}
-
-
-def _named_by_key(
-    keys: Sequence[ColumnElement[Any]], types: Mapping[str, TypeEngine[Any]]
-) -> ByKey:
-    """``by_key``'s PostgreSQL form with its arrays bound by name, not by value."""
-    all_types = [*(key.type for key in keys), *types.values()]
-    columns = [
-        *(column(f"key{i}", key.type) for i, key in enumerate(keys)),
-        *(column(name, t) for name, t in types.items()),
-    ]
-    arrays = [bindparam(f"by_key_{i}", type_=ARRAY(t)) for i, t in enumerate(all_types)]
-    given = func.unnest(*arrays).table_valued(*columns).render_derived()
-    return ByKey(
-        and_(*(key == given.c[f"key{i}"] for i, key in enumerate(keys))),
-        {name: given.c[name] for name in types},
-    )
 
 
 async def insert_rows(db: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
