@@ -161,6 +161,21 @@ class Settled:
             await asyncio.sleep(0.005)
 
 
+async def enqueue_many(
+    runtime: Runtime,
+    org_ids: list[uuid.UUID],
+    n: int,
+    phone_of: Callable[[int], str],
+    producers: int,
+) -> None:
+    """``n`` notifications over ``org_ids``, the i-th to ``phone_of(i)``, ``producers`` at a
+    time (a closed loop: each producer's next waits for its last to be committed)."""
+    await bounded(
+        [(lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], phone_of(i))) for i in range(n)],
+        producers,
+    )
+
+
 async def bounded(jobs: list[Callable[[], Awaitable[None]]], limit: int) -> None:
     """Run ``jobs`` at most ``limit`` at a time (an API server's worth of concurrent requests)."""
     gate = asyncio.Semaphore(limit)
@@ -230,13 +245,7 @@ async def drain(
     rates: list[Rate] = []
     with profile.of("enqueue"):
         async with timed(runtime, n, rates):
-            await bounded(
-                [
-                    (lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(0, i)))
-                    for i in range(n)
-                ],
-                producers,
-            )
+            await enqueue_many(runtime, org_ids, n, lambda i: _phone(0, i), producers)
     with profile.of("drain"):
         async with timed(runtime, n, rates):
             await runtime.dispatcher.start()
@@ -286,13 +295,7 @@ async def end_to_end(
     with profile.of("end-to-end"):
         async with timed(runtime, n, rates):
             done = settled.count()
-            await bounded(
-                [
-                    (lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(1, i)))
-                    for i in range(n)
-                ],
-                producers,
-            )
+            await enqueue_many(runtime, org_ids, n, lambda i: _phone(1, i), producers)
             await settled.until(done + n)
     return rates[0]
 

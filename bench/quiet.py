@@ -17,51 +17,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import tempfile
 import time
-from pathlib import Path
 
-from harness import make_settings, run
+from harness import run
+from latency import running
 from pipeline import Settled, link_orgs, offer
 from scratch import DEFAULT_PG, scratch_database
-
-from wanotify.process import after_startup
-from wanotify.runtime import Runtime
-from wanotify.transports import build_transport
-from wanotify.transports.simulator import SimulatorNetwork
 
 
 async def main(args: argparse.Namespace) -> None:
     rates = [float(r) for r in args.rates.split(",")]
     rows = []
-    async with scratch_database(args.database_url, "wanotify_quiet") as url:
-        settings = make_settings(url, Path(tempfile.mkdtemp(prefix="wanotify-quiet-")))
-        network = SimulatorNetwork(delivery_delay_seconds=0.0, send_latency_seconds=0.0)
-        runtime = Runtime(settings, transport=build_transport(settings, network=network))
-        await runtime.start()
-        after_startup()  # as ``wanotify worker`` does
-        try:
-            org_ids = await link_orgs(runtime, args.orgs)
-            settled = Settled()
+    async with (
+        scratch_database(args.database_url, "wanotify_quiet") as url,
+        running(url) as runtime,
+    ):
+        org_ids = await link_orgs(runtime, args.orgs)
+        settled = Settled()
+        started, cpu = time.perf_counter(), time.process_time()
+        await asyncio.sleep(2.0)
+        idle = (time.process_time() - cpu) / (time.perf_counter() - started)
+        for k, rate in enumerate(rates):
+            n = max(1, int(rate * args.seconds))
+            done = settled.count()
             started, cpu = time.perf_counter(), time.process_time()
-            await asyncio.sleep(2.0)
-            idle = (time.process_time() - cpu) / (time.perf_counter() - started)
-            for k, rate in enumerate(rates):
-                n = max(1, int(rate * args.seconds))
-                done = settled.count()
-                started, cpu = time.perf_counter(), time.process_time()
-                await offer(
-                    runtime,
-                    org_ids,
-                    rate,
-                    n,
-                    lambda i, k=k: f"+1{303 + k}555{i % 10000:04d}",
-                    lambda n=n, done=done: settled.until(done + n),
-                )
-                wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-                rows.append((rate, n, cpu / wall, cpu * 1000 / n))
-        finally:
-            await runtime.stop()
+            await offer(
+                runtime,
+                org_ids,
+                rate,
+                n,
+                lambda i, k=k: f"+1{303 + k}555{i % 10000:04d}",
+                lambda n=n, done=done: settled.until(done + n),
+            )
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+            rows.append((rate, n, cpu / wall, cpu * 1000 / n))
     print()
     print(f"idle, 10 linked numbers: {idle:.1%} of one core")
     print()

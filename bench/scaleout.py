@@ -40,7 +40,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 from harness import make_settings, percentile, run, server_cpu_seconds
-from pipeline import bounded, enqueue, link_orgs, offer, until_done
+from pipeline import enqueue_many, link_orgs, offer, until_done
 from scratch import DEFAULT_PG, scratch_database
 from sqlalchemy import event
 
@@ -142,10 +142,7 @@ async def end_to_end(
     runtime: Runtime, org_ids: list[uuid.UUID], n: int, done: int, producers: int
 ) -> float:
     started = time.perf_counter()
-    await bounded(
-        [(lambda i=i: enqueue(runtime, org_ids[i % len(org_ids)], _phone(0, i))) for i in range(n)],
-        producers,
-    )
+    await enqueue_many(runtime, org_ids, n, lambda i: _phone(0, i), producers)
     await until_done(runtime, done + n)
     return n / (time.perf_counter() - started)
 
