@@ -20,7 +20,8 @@ def plain(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def _admin(admin_url: str, sql: str) -> None:
+async def admin_execute(admin_url: str, sql: str) -> None:
+    """One statement on the admin URL's database, outside a transaction (CREATE DATABASE)."""
     conn = await asyncpg.connect(plain(admin_url))
     try:
         await conn.execute(sql)
@@ -33,8 +34,8 @@ async def scratch_database(admin_url: str, prefix: str) -> AsyncIterator[str]:
     """A new, empty database on the server of ``admin_url`` (its SQLAlchemy URL); dropped
     afterwards, connections and all."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    await _admin(admin_url, f'CREATE DATABASE "{name}"')
+    await admin_execute(admin_url, f'CREATE DATABASE "{name}"')
     try:
         yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        await _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

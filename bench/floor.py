@@ -1,0 +1,281 @@
+"""The database's share alone: the service's own SQL for N notifications, replayed without it.
+
+    python bench/floor.py                      # 20,000 notifications, 64 producers
+    python bench/floor.py --notifications 50000 --rounds 3
+
+Runs the pipeline's end-to-end phase (``pipeline.py``: the real runtime, the simulator without
+delays, pacing off) and records every statement the service sends, in its transactions, with
+the values it bound. Then it replays them in commit order, on a copy of the database taken
+before the phase, through the driver (asyncpg) alone: no ORM, no domain rules, none of the
+service's event-loop work. So:
+
+- the replay's PostgreSQL CPU is what these rows and statements cost the server, whoever sends
+  them (the row-level-security scopes included: the replay sets them as the service did);
+- its client CPU is about the least a Python client of the same statements would spend;
+- ``cores ÷ (server + client)`` is the most that any code sending these statements could carry
+  on this machine, both sides busy all the time and nothing waiting.
+
+The replay runs one transaction at a time, so it checks itself: the notifications completed in
+the copy must equal those the service completed (printed). The service's client CPU includes
+the bench's producers, as ``pipeline.py``'s end-to-end figure does. Not in the replay: the
+LISTEN connection's traffic (the dispatcher's wake-ups), which is not SQL the service sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from cryptography.fernet import Fernet
+from harness import make_settings, run, server_cpu_seconds
+from pipeline import Settled, enqueue_many, link_orgs
+from scratch import DEFAULT_PG, admin_execute, plain, scratch_database
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from wanotify.db.dialect import PID_KEY
+from wanotify.db.rls import HELD_KEY, WORKER_ROLE
+from wanotify.notifications.models import Notification
+from wanotify.process import after_startup
+from wanotify.runtime import Runtime
+from wanotify.sessions.models import WhatsAppSession
+from wanotify.transports import build_transport
+from wanotify.transports.simulator import SimulatorNetwork
+
+
+@dataclass
+class Transaction:
+    """One committed transaction of the service: its statements and bound values, the server
+    process that ran it, and whether its connection held the worker role (the background
+    pool's)."""
+
+    backend: int
+    worker: bool
+    statements: list[tuple[str, Any, bool]] = field(default_factory=list)  # sql, values, many
+
+
+class Recorder:
+    """Every transaction the runtime's engines commit, in commit order (rolled back ones are
+    left out: the service runs their work again)."""
+
+    def __init__(self) -> None:
+        self.committed: list[Transaction] = []
+        self._open: dict[int, Transaction] = {}
+
+    def attach(self, runtime: Runtime) -> None:
+        for engine in runtime.engines:
+            sync = engine.sync_engine
+            event.listen(sync, "begin", self._begin)
+            event.listen(sync, "commit", self._commit)
+            event.listen(sync, "rollback", self._rollback)
+            event.listen(sync, "before_cursor_execute", self._statement)
+
+    def detach(self, runtime: Runtime) -> None:
+        for engine in runtime.engines:
+            sync = engine.sync_engine
+            event.remove(sync, "begin", self._begin)
+            event.remove(sync, "commit", self._commit)
+            event.remove(sync, "rollback", self._rollback)
+            event.remove(sync, "before_cursor_execute", self._statement)
+
+    def _begin(self, conn: Connection) -> None:
+        self._open[id(conn)] = self._new(conn)
+
+    @staticmethod
+    def _new(conn: Connection) -> Transaction:
+        return Transaction(conn.info.get(PID_KEY, 0), conn.info.get(HELD_KEY) is not None)
+
+    def _commit(self, conn: Connection) -> None:
+        if (transaction := self._open.pop(id(conn), None)) and transaction.statements:
+            self.committed.append(transaction)
+
+    def _rollback(self, conn: Connection) -> None:
+        self._open.pop(id(conn), None)
+
+    def _statement(
+        self, conn: Connection, _cursor: Any, sql: str, values: Any, _context: Any, many: bool
+    ) -> None:
+        transaction = self._open.get(id(conn))
+        if transaction is None:  # outside a transaction: a transaction of its own
+            transaction = self._new(conn)
+            self.committed.append(transaction)
+        transaction.statements.append((sql, values, many))
+
+
+@dataclass
+class Cost:
+    seconds: float
+    client_ms: float  # this process's CPU a notification
+    server_ms: float  # the PostgreSQL server's CPU a notification
+
+
+async def replay(url: str, transactions: list[Transaction], n: int) -> Cost:
+    """The transactions in commit order on the database at ``url``, through asyncpg alone,
+    each on a connection of its own for each server process of the service's that ran it: so
+    each connection prepares and plans the statements its original did, as often (PostgreSQL
+    keeps a prepared statement's plan per connection, and turns to a generic one after five
+    runs). The connections come from SQLAlchemy's engine only for its JSON codecs (the
+    recorded values were encoded for them); nothing else of SQLAlchemy runs."""
+    backends = {(t.backend, t.worker) for t in transactions}
+    engine = create_async_engine(url, pool_size=len(backends), max_overflow=0)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            conns: dict[tuple[int, bool], asyncpg.Connection] = {}
+            for backend, worker in backends:
+                held = await stack.enter_async_context(engine.connect())
+                conn = (await held.get_raw_connection()).driver_connection
+                assert isinstance(conn, asyncpg.Connection)
+                if worker:
+                    await conn.execute(f"SET ROLE {WORKER_ROLE}")
+                conns[backend, worker] = conn
+            server, cpu = server_cpu_seconds(), time.process_time()
+            started = time.perf_counter()
+            for transaction in transactions:
+                conn = conns[transaction.backend, transaction.worker]
+                async with conn.transaction():
+                    for sql, values, many in transaction.statements:
+                        if many:
+                            await conn.executemany(sql, values)
+                        else:
+                            await conn.fetch(sql, *values)
+            seconds = time.perf_counter() - started
+            cpu, server = time.process_time() - cpu, server_cpu_seconds() - server
+    finally:
+        await engine.dispose()
+    return Cost(seconds, cpu * 1000 / n, server * 1000 / n)
+
+
+async def completed(url: str) -> int:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            count = await conn.scalar(
+                select(func.count()).where(Notification.status == "completed")
+            )
+    finally:
+        await engine.dispose()
+    return int(count or 0)
+
+
+async def connected(runtime: Runtime, orgs: int, within: float = 60.0) -> None:
+    """Wait for the restarted runtime to have every linked number connected again."""
+    async with asyncio.timeout(within):
+        while True:
+            async with runtime.factory() as db:
+                count = await db.scalar(
+                    select(func.count()).where(WhatsAppSession.status == "connected")
+                )
+            if count == orgs:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def settle_server(admin_url: str, within: float = 120.0) -> None:
+    """Start a phase on a quiet server: a checkpoint (so each phase pays the same full-page
+    writes after it), then no autovacuum worker left (the last phase's dead rows are not this
+    one's cost)."""
+    conn = await asyncpg.connect(plain(admin_url))
+    try:
+        await conn.execute("CHECKPOINT")
+        async with asyncio.timeout(within):
+            while await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+            ):
+                await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
+async def one_round(args: argparse.Namespace, url: str) -> tuple[Cost, Cost, int, int]:
+    """The service's run (its cost) and the replay's, and the completions of each."""
+    data = Path(tempfile.mkdtemp(prefix="wanotify-floor-"))
+    settings = make_settings(url, data, encryption_key=Fernet.generate_key().decode())
+    network = SimulatorNetwork(delivery_delay_seconds=0.0, send_latency_seconds=0.0)
+    runtime = Runtime(settings, transport=build_transport(settings, network=network))
+    await runtime.start()
+    after_startup()
+    try:
+        org_ids = await link_orgs(runtime, args.orgs)
+    finally:
+        await runtime.stop()
+    copy = f"wanotify_floor_copy_{uuid.uuid4().hex[:8]}"
+    original = make_url(url).database
+    await admin_execute(args.database_url, f'CREATE DATABASE "{copy}" TEMPLATE "{original}"')
+    copy_url = make_url(url).set(database=copy).render_as_string(hide_password=False)
+    try:
+        runtime = Runtime(settings, transport=build_transport(settings, network=network))
+        await runtime.start()
+        recorder = Recorder()
+        try:
+            await connected(runtime, args.orgs)
+            settled = Settled()
+            await settle_server(args.database_url)
+            recorder.attach(runtime)
+            server, cpu = server_cpu_seconds(), time.process_time()
+            started = time.perf_counter()
+            await enqueue_many(
+                runtime,
+                org_ids,
+                args.notifications,
+                lambda i: f"+1212555{i % 10000:04d}",
+                args.producers,
+            )
+            await settled.until(args.notifications)
+            seconds = time.perf_counter() - started
+            cpu, server = time.process_time() - cpu, server_cpu_seconds() - server
+            recorder.detach(runtime)
+        finally:
+            await runtime.stop()
+        n = args.notifications
+        service = Cost(seconds, cpu * 1000 / n, server * 1000 / n)
+        await settle_server(args.database_url)
+        replayed = await replay(copy_url, recorder.committed, n)
+        return service, replayed, await completed(url), await completed(copy_url)
+    finally:
+        await admin_execute(args.database_url, f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+
+
+async def main(args: argparse.Namespace) -> None:
+    cores = os.cpu_count() or 1
+    rows = []
+    for k in range(args.rounds):
+        async with scratch_database(args.database_url, "wanotify_floor") as url:
+            service, replayed, done, done_copy = await one_round(args, url)
+        rows.append((k + 1, service, replayed, done, done_copy))
+    n = args.notifications
+    print()
+    print(f"{n:,} notifications over {args.orgs} orgs, {args.producers} producers, {cores} cores")
+    print()
+    print(
+        "| round | who | notifications/s | client CPU ms each | server CPU ms each "
+        f"| most on {cores} cores | completed |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for k, service, replayed, done, done_copy in rows:
+        for who, cost, count in (("service", service, done), ("replay", replayed, done_copy)):
+            ceiling = cores * 1000 / (cost.client_ms + cost.server_ms)
+            print(
+                f"| {k} | {who} | {n / cost.seconds:,.0f} | {cost.client_ms:.3f} | "
+                f"{cost.server_ms:.3f} | {ceiling:,.0f} | {count:,} |"
+            )
+    print(f"\nload average {os.getloadavg()[0]:.2f} (1 min)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=DEFAULT_PG, help="PostgreSQL admin URL")
+    parser.add_argument("--orgs", type=int, default=10)
+    parser.add_argument("--notifications", type=int, default=20_000)
+    parser.add_argument("--producers", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1)
+    run(main(parser.parse_args()))
