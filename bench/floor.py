@@ -1,13 +1,15 @@
 """The database's share alone: the service's own SQL for N notifications, replayed without it.
 
     python bench/floor.py                      # 20,000 notifications, 64 producers
+    python bench/floor.py --phase drain        # the dispatcher's work on a backlog alone
     python bench/floor.py --notifications 50000 --rounds 3
+    python bench/floor.py --rounds 4 --variant "ALTER TABLE opt_outs SET (fillfactor = 70)"
 
 Runs the pipeline's end-to-end phase (``pipeline.py``: the real runtime, the simulator without
-delays, pacing off) and records every statement the service sends, in its transactions, with
-the values it bound. Then it replays them in commit order, on a copy of the database taken
-before the phase, through the driver (asyncpg) alone: no ORM, no domain rules, none of the
-service's event-loop work. So:
+delays, pacing off), or its drain (``--phase drain``, the figure set beside pgqueuer's), and
+records every statement the service sends, in its transactions, with the values it bound. Then
+it replays them in commit order, on a copy of the database taken before the phase, through the
+driver (asyncpg) alone: no ORM, no domain rules, none of the service's event-loop work. So:
 
 - the replay's PostgreSQL CPU is what these rows and statements cost the server, whoever sends
   them (the row-level-security scopes included: the replay sets them as the service did);
@@ -15,10 +17,13 @@ service's event-loop work. So:
 - ``cores ÷ (server + client)`` is the most that any code sending these statements could carry
   on this machine, both sides busy all the time and nothing waiting.
 
-The replay runs one transaction at a time, so it checks itself: the notifications completed in
-the copy must equal those the service completed (printed). The service's client CPU includes
-the bench's producers, as ``pipeline.py``'s end-to-end figure does. Not in the replay: the
-LISTEN connection's traffic (the dispatcher's wake-ups), which is not SQL the service sends.
+``--variant SQL`` replays the same recording on a second copy changed by SQL first (alternating
+which copy goes first), to weigh a schema change by the server's CPU without the service's
+noise. The replay runs one transaction at a time, so it checks itself: the notifications
+completed in each copy must equal those the service completed (printed). The service's client
+CPU includes the bench's producers, as ``pipeline.py``'s end-to-end figure does. Not in the
+replay: the LISTEN connection's traffic (the dispatcher's wake-ups), which is not SQL the
+service sends.
 """
 
 from __future__ import annotations
@@ -196,8 +201,18 @@ async def settle_server(admin_url: str, within: float = 120.0) -> None:
         await conn.close()
 
 
-async def one_round(args: argparse.Namespace, url: str) -> tuple[Cost, Cost, int, int]:
-    """The service's run (its cost) and the replay's, and the completions of each."""
+def _phone(i: int) -> str:
+    return f"+1212555{i % 10000:04d}"
+
+
+async def one_round(
+    args: argparse.Namespace, url: str, round_number: int
+) -> list[tuple[str, Cost, int]]:
+    """The service's run of the phase and the replay's (on a copy with ``--variant`` too, if
+    given): who, the cost, and the notifications completed. ``drain``: the notifications are
+    enqueued (dispatcher stopped) before the copies are taken, and the phase is the
+    dispatcher's work alone, as ``pipeline.py``'s drain."""
+    n, drain = args.notifications, args.phase == "drain"
     data = Path(tempfile.mkdtemp(prefix="wanotify-floor-"))
     settings = make_settings(url, data, encryption_key=Fernet.generate_key().decode())
     network = SimulatorNetwork(delivery_delay_seconds=0.0, send_latency_seconds=0.0)
@@ -206,15 +221,26 @@ async def one_round(args: argparse.Namespace, url: str) -> tuple[Cost, Cost, int
     after_startup()
     try:
         org_ids = await link_orgs(runtime, args.orgs)
+        if drain:
+            await runtime.dispatcher.stop()
+            await enqueue_many(runtime, org_ids, n, _phone, args.producers)
     finally:
         await runtime.stop()
-    copy = f"wanotify_floor_copy_{uuid.uuid4().hex[:8]}"
+    # The replay's copies: as the phase found the database, and with --variant applied.
+    variants = {"replay": [], **({"replay, variant": args.variant} if args.variant else {})}
+    copies = {who: f"wanotify_floor_copy_{uuid.uuid4().hex[:8]}" for who in variants}
     original = make_url(url).database
-    await admin_execute(args.database_url, f'CREATE DATABASE "{copy}" TEMPLATE "{original}"')
-    copy_url = make_url(url).set(database=copy).render_as_string(hide_password=False)
+    for who, copy in copies.items():
+        await admin_execute(args.database_url, f'CREATE DATABASE "{copy}" TEMPLATE "{original}"')
+        for sql in variants[who]:
+            await admin_execute(_url_of(url, copy), sql)
     try:
         runtime = Runtime(settings, transport=build_transport(settings, network=network))
-        await runtime.start()
+        # The sessions first; the dispatcher only once recording, so that it claims nothing
+        # the copy would not replay.
+        await runtime.start(workers=False)
+        await runtime.sessions.start()
+        runtime.workers_running = True  # so stop() stops the sessions and the dispatcher
         recorder = Recorder()
         try:
             await connected(runtime, args.orgs)
@@ -223,46 +249,54 @@ async def one_round(args: argparse.Namespace, url: str) -> tuple[Cost, Cost, int
             recorder.attach(runtime)
             server, cpu = server_cpu_seconds(), time.process_time()
             started = time.perf_counter()
-            await enqueue_many(
-                runtime,
-                org_ids,
-                args.notifications,
-                lambda i: f"+1212555{i % 10000:04d}",
-                args.producers,
-            )
-            await settled.until(args.notifications)
+            await runtime.dispatcher.start()
+            if not drain:
+                await enqueue_many(runtime, org_ids, n, _phone, args.producers)
+            await settled.until(n)
             seconds = time.perf_counter() - started
             cpu, server = time.process_time() - cpu, server_cpu_seconds() - server
             recorder.detach(runtime)
         finally:
             await runtime.stop()
-        n = args.notifications
-        service = Cost(seconds, cpu * 1000 / n, server * 1000 / n)
-        await settle_server(args.database_url)
-        replayed = await replay(copy_url, recorder.committed, n)
-        return service, replayed, await completed(url), await completed(copy_url)
+        rows = [("service", Cost(seconds, cpu * 1000 / n, server * 1000 / n), await completed(url))]
+        # alternate which copy goes first from round to round
+        order = list(copies.items())[:: 1 if round_number % 2 else -1]
+        for who, copy in order:
+            await settle_server(args.database_url)
+            cost = await replay(_url_of(url, copy), recorder.committed, n)
+            rows.append((who, cost, await completed(_url_of(url, copy))))
+        return sorted(rows, key=lambda row: ["service", *copies].index(row[0]))
     finally:
-        await admin_execute(args.database_url, f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+        for copy in copies.values():
+            await admin_execute(args.database_url, f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+
+
+def _url_of(url: str, database: str) -> str:
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
 
 
 async def main(args: argparse.Namespace) -> None:
     cores = os.cpu_count() or 1
-    rows = []
-    for k in range(args.rounds):
+    rounds = []
+    for k in range(1, args.rounds + 1):
         async with scratch_database(args.database_url, "wanotify_floor") as url:
-            service, replayed, done, done_copy = await one_round(args, url)
-        rows.append((k + 1, service, replayed, done, done_copy))
+            rounds.append(await one_round(args, url, k))
     n = args.notifications
     print()
-    print(f"{n:,} notifications over {args.orgs} orgs, {args.producers} producers, {cores} cores")
+    print(
+        f"{args.phase}: {n:,} notifications over {args.orgs} orgs, "
+        f"{args.producers} producers, {cores} cores"
+    )
+    for sql in args.variant:
+        print(f"variant: {sql}")
     print()
     print(
         "| round | who | notifications/s | client CPU ms each | server CPU ms each "
         f"| most on {cores} cores | completed |"
     )
     print("|---|---|---|---|---|---|---|")
-    for k, service, replayed, done, done_copy in rows:
-        for who, cost, count in (("service", service, done), ("replay", replayed, done_copy)):
+    for k, rows in enumerate(rounds, 1):
+        for who, cost, count in rows:
             ceiling = cores * 1000 / (cost.client_ms + cost.server_ms)
             print(
                 f"| {k} | {who} | {n / cost.seconds:,.0f} | {cost.client_ms:.3f} | "
@@ -278,4 +312,18 @@ if __name__ == "__main__":
     parser.add_argument("--notifications", type=int, default=20_000)
     parser.add_argument("--producers", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--phase",
+        choices=("end-to-end", "drain"),
+        default="end-to-end",
+        help="what is recorded: enqueues and dispatch together, or the dispatch of a backlog",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="SQL",
+        help="also replay on a copy changed by this statement (repeatable): what a schema "
+        "change would save the server, e.g. an index made partial",
+    )
     run(main(parser.parse_args()))
