@@ -38,36 +38,26 @@ class KeyCache:
         """The caller of ``key``: trusted from the cache, else from ``look_up()``, which runs
         once for all the requests with this key that miss meanwhile; its result (or its
         refusal) is theirs. Tokens that are not API keys are looked up each time."""
-        if (found := self.get(key)) is not None:
-            return found
         if self._entries is None or not key.startswith(apikeys.PREFIX):
             return await look_up()
-        digest = apikeys.digest(key)
+        digest = apikeys.digest(key)  # once a request: the entry's and the look-up's key
+        if (found := self._entries.get(digest)) is not None:
+            return found
         task = self._looking_up.get(digest)
         if task is None:
-            task = asyncio.ensure_future(self._look_up(key, digest, look_up))
+            task = asyncio.ensure_future(self._look_up(digest, look_up))
             self._looking_up[digest] = task
         # shielded: a request that goes away does not cancel the others' look-up
         return await asyncio.shield(task)
 
-    async def _look_up(
-        self, key: str, digest: str, look_up: Callable[[], Awaitable[Principal]]
-    ) -> Principal:
+    async def _look_up(self, digest: str, look_up: Callable[[], Awaitable[Principal]]) -> Principal:
         try:
             principal = await look_up()
-            self.put(key, principal)
+            if self._entries is not None and principal.api_key_id is not None:
+                self._entries[digest] = principal
             return principal
         finally:
             del self._looking_up[digest]
-
-    def get(self, key: str) -> Principal | None:
-        if self._entries is None or not key.startswith(apikeys.PREFIX):
-            return None
-        return self._entries.get(apikeys.digest(key))
-
-    def put(self, key: str, principal: Principal) -> None:
-        if self._entries is not None and principal.api_key_id is not None:
-            self._entries[apikeys.digest(key)] = principal
 
     def forget(self, key_id: uuid.UUID) -> None:
         """A revoked key: refused from the next request on."""
