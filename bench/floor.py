@@ -2,14 +2,17 @@
 
     python bench/floor.py                      # 20,000 notifications, 64 producers
     python bench/floor.py --phase drain        # the dispatcher's work on a backlog alone
+    python bench/floor.py --phase quiet --rate 50 --notifications 1000   # one at a time
     python bench/floor.py --notifications 50000 --rounds 3
     python bench/floor.py --rounds 4 --variant "ALTER TABLE opt_outs SET (fillfactor = 70)"
 
 Runs the pipeline's end-to-end phase (``pipeline.py``: the real runtime, the simulator without
-delays, pacing off), or its drain (``--phase drain``, the figure set beside pgqueuer's), and
-records every statement the service sends, in its transactions, with the values it bound. Then
-it replays them in commit order, on a copy of the database taken before the phase, through the
-driver (asyncpg) alone: no ORM, no domain rules, none of the service's event-loop work. So:
+delays, pacing off), or its drain (``--phase drain``, the figure set beside pgqueuer's), or a
+low fixed rate (``--phase quiet``, as ``quiet.py``: each notification alone in its
+transactions), and records every statement the service sends, in its transactions, with the
+values it bound. Then it replays them in commit order, on a copy of the database taken before
+the phase, through the driver (asyncpg) alone: no ORM, no domain rules, none of the service's
+event-loop work. So:
 
 - the replay's PostgreSQL CPU is what these rows and statements cost the server, whoever sends
   them (the row-level-security scopes included: the replay sets them as the service did);
@@ -42,7 +45,7 @@ from typing import Any
 import asyncpg
 from cryptography.fernet import Fernet
 from harness import make_settings, run, server_cpu_seconds
-from pipeline import Settled, enqueue_many, link_orgs
+from pipeline import Settled, enqueue_many, link_orgs, offer
 from scratch import DEFAULT_PG, admin_execute, plain, scratch_database
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Connection, make_url
@@ -211,7 +214,8 @@ async def one_round(
     """The service's run of the phase and the replay's (on a copy with ``--variant`` too, if
     given): who, the cost, and the notifications completed. ``drain``: the notifications are
     enqueued (dispatcher stopped) before the copies are taken, and the phase is the
-    dispatcher's work alone, as ``pipeline.py``'s drain."""
+    dispatcher's work alone, as ``pipeline.py``'s drain; ``quiet``: they are offered at
+    ``--rate`` on a fixed schedule."""
     n, drain = args.notifications, args.phase == "drain"
     data = Path(tempfile.mkdtemp(prefix="wanotify-floor-"))
     settings = make_settings(url, data, encryption_key=Fernet.generate_key().decode())
@@ -250,7 +254,9 @@ async def one_round(
             server, cpu = server_cpu_seconds(), time.process_time()
             started = time.perf_counter()
             await runtime.dispatcher.start()
-            if not drain:
+            if args.phase == "quiet":
+                await offer(runtime, org_ids, args.rate, n, _phone, lambda: settled.until(n))
+            elif not drain:
                 await enqueue_many(runtime, org_ids, n, _phone, args.producers)
             await settled.until(n)
             seconds = time.perf_counter() - started
@@ -283,10 +289,8 @@ async def main(args: argparse.Namespace) -> None:
             rounds.append(await one_round(args, url, k))
     n = args.notifications
     print()
-    print(
-        f"{args.phase}: {n:,} notifications over {args.orgs} orgs, "
-        f"{args.producers} producers, {cores} cores"
-    )
+    load = f"offered at {args.rate:g}/s" if args.phase == "quiet" else f"{args.producers} producers"
+    print(f"{args.phase}: {n:,} notifications over {args.orgs} orgs, {load}, {cores} cores")
     for sql in args.variant:
         print(f"variant: {sql}")
     print()
@@ -314,10 +318,12 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument(
         "--phase",
-        choices=("end-to-end", "drain"),
+        choices=("end-to-end", "drain", "quiet"),
         default="end-to-end",
-        help="what is recorded: enqueues and dispatch together, or the dispatch of a backlog",
+        help="what is recorded: enqueues and dispatch together, the dispatch of a backlog, or "
+        "notifications offered one at a time at --rate",
     )
+    parser.add_argument("--rate", type=float, default=50.0, help="--phase quiet: offered/s")
     parser.add_argument(
         "--variant",
         action="append",
