@@ -13,13 +13,15 @@ is not in it). The rows:
 - ``claim``: the claim of 256 due rows. Today: a core ``UPDATE … RETURNING`` of the columns the
   dispatcher reads, into ``queue.Claimed``. Before: the same statement on the mapped class,
   returning ``Notification`` ORM objects.
-- ``context``: the claimed batch's context (``context.read_contexts``). Today: each template
-  read once, by a query of its own. Before: the template joined to every row.
+- ``context``: the claimed batch's context and the next due time (``context.read_contexts``).
+  Today: the orgs with the next due time, the rows, each template once (three queries).
+  Before: the orgs, the rows with the template joined to every row, the next due time.
 - ``insert``: a group of 64 new queue rows. Today: ``dialect.insert_rows`` (the driver's
   ``executemany`` of positional values). Before: SQLAlchemy's ``table.insert()`` with a list of
   dictionaries.
-- ``context (1 row)``: the same for a batch of one (a quiet service), where reading the
-  template by a query of its own is one more round trip for one row.
+- ``context (1 row)``: the same for a batch of one (a quiet service). Today: ONE query, the
+  row joined to its org, template and the rest, the next due time beside it. Before: the same
+  three queries as above.
 - ``settle``: the completion of ONE claimed row (``queue.complete_many`` of a group of one, as
   at a low rate). Today: its ``UPDATE … FROM unnest`` built once (``dialect.keyed_statement``),
   the arrays passed as parameters. Before: the statement built for each call (``by_key``).
@@ -54,6 +56,7 @@ from wanotify.messages.models import OptOut, WhatsAppMessage
 from wanotify.messages.service import has_failed
 from wanotify.notifications import context, queue
 from wanotify.notifications.models import Notification
+from wanotify.pacing import service as pacing
 from wanotify.sessions.models import WhatsAppSession
 from wanotify.settings import Settings
 from wanotify.templates.models import WhatsAppTemplate
@@ -131,11 +134,13 @@ async def core_claim(db: AsyncSession) -> int:
 
 
 async def joined_context(db: AsyncSession, rows: list[queue.Claimed], settings: Settings) -> int:
-    """The batch context as it was read before: today's org query, and the template joined to
-    every row."""
-    await context._of_orgs(db, {row.org_id for row in rows}, settings)
+    """The batch context as it was read before (until 2026-12-04, 18:40): the org query, the
+    template joined to every row, and the next due time by a query of its own."""
+    orgs = await db.execute(context._OF_ORGS, {"org_ids": list({row.org_id for row in rows})})
+    by_org = {o: pacing.org_pacing(p, zone, settings=settings) for o, zone, p, _ in orgs}
     found = await db.execute(JOINED_ROWS, {"ids": [row.id for row in rows]})
-    return len({nid: (t, opted, m) for nid, t, opted, m in found})
+    await queue.next_due(db)
+    return len({nid: (t, opted, m, by_org) for nid, t, opted, m in found})
 
 
 async def complete_built_per_call(
@@ -266,7 +271,10 @@ async def main(args: argparse.Namespace) -> None:
             await put_back(engine)
 
             async def with_templates_once(db: AsyncSession) -> int:
-                return len(await context.read_contexts(db, rows=claimed, settings=settings))
+                batch = await context.read_contexts(
+                    db, rows=claimed, settings=settings, next_due=True
+                )
+                return len(batch.contexts)
 
             async def with_templates_joined(db: AsyncSession) -> int:
                 return await joined_context(db, claimed, settings)
@@ -301,7 +309,8 @@ async def main(args: argparse.Namespace) -> None:
             one = claimed[:1]
 
             async def one_context_once(db: AsyncSession) -> int:
-                return len(await context.read_contexts(db, rows=one, settings=settings))
+                batch = await context.read_contexts(db, rows=one, settings=settings, next_due=True)
+                return len(batch.contexts)
 
             async def one_context_joined(db: AsyncSession) -> int:
                 return await joined_context(db, one, settings)

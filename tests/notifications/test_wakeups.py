@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tests.support import (
     BUSINESS,
     DRIVER,
+    MAINTENANCE,
     Org,
     eventually,
     link_phone,
@@ -32,6 +34,7 @@ from tests.support import (
 )
 
 from wanotify.app import create_app
+from wanotify.clock import utcnow
 from wanotify.db.notify import (
     APPLICATION_NAME,
     QUEUE_CHANNEL,
@@ -47,6 +50,7 @@ from wanotify.transports.simulator import SimulatorNetwork
 
 SLOW_POLL = 30.0  # far longer than any wait below: a pick-up can only come from NOTIFY
 NO_POLL = 300.0  # in-process wake-ups: no poll and no re-check comes within a test
+OTHER_DRIVER = "+14155550124"
 
 
 async def asleep(dispatcher: Dispatcher) -> None:
@@ -107,6 +111,34 @@ async def test_an_enqueue_through_the_api_is_sent_at_once(
         return [m["text"] for m in network.inbox(DRIVER)] == ["Gate code 4411"]
 
     await eventually(received, what="the message on the recipient's phone")
+
+
+async def test_a_row_due_soon_after_a_claim_is_sent_at_its_time_without_a_poll(
+    linked: Org, client: httpx.AsyncClient, network: SimulatorNetwork
+) -> None:
+    """The claim's transaction reads when the next pending row is due, with the batch's
+    context, and the dispatcher sleeps until then: a row scheduled a moment after one it
+    claims is sent at its time, though no poll comes for NO_POLL seconds."""
+
+    async def enqueue(phone: str, **extra: Any) -> str:
+        body = {
+            "notification_type": "maintenance_due",
+            "recipient_phone": phone,
+            "template": "maintenance_due",
+            "message_data": MAINTENANCE,
+            **extra,
+        }
+        response = await client.post("/api/notifications", json=body, headers=linked.headers)
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    soon = (utcnow() + timedelta(seconds=1)).isoformat()
+    later = await enqueue(OTHER_DRIVER, scheduled_for=soon)  # nothing to claim: sleeps till then
+    now = await enqueue(DRIVER)  # claimed at once; the claim reads the next due time again
+    assert (await notification_finished(client, linked, now))["status"] == "completed"
+    done = await notification_finished(client, linked, later)
+    assert done["status"] == "completed", done
+    assert len(network.inbox(OTHER_DRIVER)) == 1
 
 
 async def test_a_reconnect_sends_what_waited_for_it_at_once(

@@ -230,21 +230,29 @@ class Dispatcher:
             return False
         limit = min(free, self.settings.dispatch_batch_size)
         blocked = self._blocked_orgs()
+        now = utcnow()
         async with self.factory() as db, db.begin():
             rows = await queue.claim(
                 db,
                 instance_id=self.instance_id,
                 limit=limit,
                 lease_seconds=self.settings.notification_lease_seconds,
-                now=utcnow(),
+                now=now,
                 skip_orgs=blocked,
             )
-            contexts = await read_contexts(db, rows=rows, settings=self.settings)
-            full = len(rows) == limit
-            self._next_due = None if full else await queue.next_due(db, skip_orgs=blocked)
+            full = len(rows) == limit  # then it claims again at once: no need to know
+            batch = await read_contexts(
+                db, rows=rows, settings=self.settings, next_due=not full, skip_orgs=blocked
+            )
+        # A row due by the claim's own time that it left is another instance's (its number's
+        # owner claims it): a wake-up, not a spin, brings the loop back for anything of ours.
+        # One due after it is ours to wake for, even if that moment has passed by the time the
+        # loop sleeps (a timer may fire a little early, and the claim take a while).
+        due = batch.next_due
+        self._next_due = due if due is not None and due > now else None
         for row in rows:
             task = asyncio.create_task(
-                self._process(row, contexts[row.id]), name=f"notification-{row.id}"
+                self._process(row, batch.contexts[row.id]), name=f"notification-{row.id}"
             )
             self._inflight.add(task)
             task.add_done_callback(self._finished)
@@ -274,11 +282,8 @@ class Dispatcher:
                 self._slots_full = False
             return
         timeout = self.settings.dispatch_poll_seconds
-        due_in = (self._next_due - utcnow()).total_seconds() if self._next_due else None
-        # A row already due that the claim left is another instance's (its number's owner
-        # claims it); a wake-up, not a spin, brings the loop back for anything of ours.
-        if due_in is not None and due_in > 0:
-            timeout = min(timeout, due_in)
+        if self._next_due is not None:  # ours, due after the last claim (``_claim``)
+            timeout = max(0.0, min(timeout, (self._next_due - utcnow()).total_seconds()))
         if self._blocked_orgs():  # wake when the first block ends
             ends = min(self._blocked.values())
             timeout = max(0.0, min(timeout, (ends - utcnow()).total_seconds()))

@@ -171,6 +171,13 @@ _NEXT_DUE_SKIPPING = _NEXT_DUE.where(
 )
 
 
+def next_due_column(*, skipping: bool) -> Any:
+    """``next_due`` as a column another query of the claim's transaction carries (the batch's
+    context: ``context.read_contexts``), a round trip fewer; ``skipping``: it binds
+    ``skip_orgs``."""
+    return (_NEXT_DUE_SKIPPING if skipping else _NEXT_DUE).scalar_subquery().label("next_due")
+
+
 async def next_due(db: AsyncSession, *, skip_orgs: Collection[uuid.UUID] = ()) -> datetime | None:
     if skip_orgs:
         value: datetime | None = await db.scalar(_NEXT_DUE_SKIPPING, {"skip_orgs": list(skip_orgs)})
