@@ -38,6 +38,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,19 +83,21 @@ class Recorder:
 
     def attach(self, runtime: Runtime) -> None:
         for engine in runtime.engines:
-            sync = engine.sync_engine
-            event.listen(sync, "begin", self._begin)
-            event.listen(sync, "commit", self._commit)
-            event.listen(sync, "rollback", self._rollback)
-            event.listen(sync, "before_cursor_execute", self._statement)
+            for name, hook in self._hooks():
+                event.listen(engine.sync_engine, name, hook)
 
     def detach(self, runtime: Runtime) -> None:
         for engine in runtime.engines:
-            sync = engine.sync_engine
-            event.remove(sync, "begin", self._begin)
-            event.remove(sync, "commit", self._commit)
-            event.remove(sync, "rollback", self._rollback)
-            event.remove(sync, "before_cursor_execute", self._statement)
+            for name, hook in self._hooks():
+                event.remove(engine.sync_engine, name, hook)
+
+    def _hooks(self) -> list[tuple[str, Callable[..., None]]]:
+        return [
+            ("begin", self._begin),
+            ("commit", self._commit),
+            ("rollback", self._rollback),
+            ("before_cursor_execute", self._statement),
+        ]
 
     def _begin(self, conn: Connection) -> None:
         self._open[id(conn)] = self._new(conn)

@@ -167,6 +167,21 @@ async def message_with_status(
     return await eventually(check, what=f"message {message_id} {status}")
 
 
+async def enqueue(client: httpx.AsyncClient, org: Org, **overrides: Any) -> dict[str, Any]:
+    """``POST /api/notifications`` of the system template ``maintenance_due`` to ``DRIVER``
+    (``overrides`` change any field); the 202's body."""
+    body = {
+        "notification_type": "maintenance_due",
+        "recipient_phone": DRIVER,
+        "template": "maintenance_due",
+        "message_data": MAINTENANCE,
+        **overrides,
+    }
+    response = await client.post("/api/notifications", json=body, headers=org.headers)
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
 async def notification(client: httpx.AsyncClient, org: Org, nid: str) -> dict[str, Any]:
     response = await client.get(f"/api/notifications/{nid}", headers=org.headers)
     assert response.status_code == 200, response.text

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 from sqlalchemy import select
 from tests.support import (
@@ -11,6 +9,7 @@ from tests.support import (
     DRIVER,
     MAINTENANCE,
     Org,
+    enqueue,
     eventually,
     link_phone,
     message,
@@ -23,19 +22,6 @@ from wanotify.messages.models import WhatsAppMessage
 from wanotify.notifications import context
 from wanotify.runtime import Runtime
 from wanotify.transports.simulator import SimulatorNetwork
-
-
-async def enqueue(client: httpx.AsyncClient, org: Org, **overrides: Any) -> dict[str, Any]:
-    body = {
-        "notification_type": "maintenance_due",
-        "recipient_phone": DRIVER,
-        "template": "maintenance_due",
-        "message_data": MAINTENANCE,
-        **overrides,
-    }
-    response = await client.post("/api/notifications", json=body, headers=org.headers)
-    assert response.status_code == 202, response.text
-    return dict(response.json())
 
 
 async def test_template_notification_is_sent_delivered_and_read(

@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tests.support import (
     BUSINESS,
     DRIVER,
-    MAINTENANCE,
     Org,
+    enqueue,
     eventually,
     link_phone,
     notification,
@@ -119,22 +119,10 @@ async def test_a_row_due_soon_after_a_claim_is_sent_at_its_time_without_a_poll(
     """The claim's transaction reads when the next pending row is due, with the batch's
     context, and the dispatcher sleeps until then: a row scheduled a moment after one it
     claims is sent at its time, though no poll comes for NO_POLL seconds."""
-
-    async def enqueue(phone: str, **extra: Any) -> str:
-        body = {
-            "notification_type": "maintenance_due",
-            "recipient_phone": phone,
-            "template": "maintenance_due",
-            "message_data": MAINTENANCE,
-            **extra,
-        }
-        response = await client.post("/api/notifications", json=body, headers=linked.headers)
-        assert response.status_code == 202, response.text
-        return str(response.json()["id"])
-
     soon = (utcnow() + timedelta(seconds=1)).isoformat()
-    later = await enqueue(OTHER_DRIVER, scheduled_for=soon)  # nothing to claim: sleeps till then
-    now = await enqueue(DRIVER)  # claimed at once; the claim reads the next due time again
+    # nothing to claim yet: the dispatcher sleeps until then
+    later = (await enqueue(client, linked, recipient_phone=OTHER_DRIVER, scheduled_for=soon))["id"]
+    now = (await enqueue(client, linked))["id"]  # claimed at once, with the next due time
     assert (await notification_finished(client, linked, now))["status"] == "completed"
     done = await notification_finished(client, linked, later)
     assert done["status"] == "completed", done

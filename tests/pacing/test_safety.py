@@ -15,9 +15,9 @@ from tests.console.test_console_http import console_login
 from tests.support import (
     BUSINESS,
     DRIVER,
-    MAINTENANCE,
     Org,
     add_user,
+    enqueue,
     eventually,
     link_phone,
     session_status,
@@ -42,19 +42,6 @@ def settings(settings: Settings) -> Settings:
     settings.ban_pause_seconds = 2.0
     settings.ban_detect_failures = 2
     return settings
-
-
-async def enqueue(client: httpx.AsyncClient, org: Org, **overrides: Any) -> dict[str, Any]:
-    body = {
-        "notification_type": "maintenance_due",
-        "recipient_phone": DRIVER,
-        "template": "maintenance_due",
-        "message_data": MAINTENANCE,
-        **overrides,
-    }
-    response = await client.post("/api/notifications", json=body, headers=org.headers)
-    assert response.status_code == 202, response.text
-    return dict(response.json())
 
 
 async def notification(client: httpx.AsyncClient, org: Org, nid: str) -> dict[str, Any]:
