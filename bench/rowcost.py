@@ -134,8 +134,8 @@ async def core_claim(db: AsyncSession) -> int:
 
 
 async def joined_context(db: AsyncSession, rows: list[queue.Claimed], settings: Settings) -> int:
-    """The batch context as it was read before (until 2026-12-04, 18:40): the org query, the
-    template joined to every row, and the next due time by a query of its own."""
+    """The batch context as it was read before ``fdbbcda``: the org query, the template joined
+    to every row, and the next due time by a query of its own."""
     orgs = await db.execute(context._OF_ORGS, {"org_ids": list({row.org_id for row in rows})})
     by_org = {o: pacing.org_pacing(p, zone, settings=settings) for o, zone, p, _ in orgs}
     found = await db.execute(JOINED_ROWS, {"ids": [row.id for row in rows]})

@@ -5,8 +5,8 @@ A small batch (up to ``SMALL_BATCH`` rows; a quiet service's are of one) is ONE 
 joined to its org (session, sending policy, timezone), its opt-out, its message row (if an
 earlier try or the enqueue made one) and its template, with the next due time beside it. A large
 one is three: one row per org (with the next due time), one per notification, and each template
-once. They were five or six queries a claim; at low load each one is a round trip before the
-first send, taken while the event loop does everything else.
+once. They were three or four, the due time by a query of its own; at low load each one is a
+round trip before the first send, taken while the event loop does everything else.
 
 The next due time is read (when the claim asks: a claim that came back full claims again at
 once) after the claim in the same transaction, so the rows just claimed are no longer pending in
