@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import os
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from typing import Any
 
 import asyncpg
 from cryptography.fernet import Fernet
-from harness import make_settings, run, server_cpu_seconds
+from harness import Spent, make_settings, run, spent
 from pipeline import Settled, enqueue_many, link_orgs, offer
 from scratch import DEFAULT_PG, admin_execute, plain, scratch_database
 from sqlalchemy import event, func, select
@@ -129,6 +128,10 @@ class Cost:
     client_ms: float  # this process's CPU a notification
     server_ms: float  # the PostgreSQL server's CPU a notification
 
+    @classmethod
+    def of(cls, used: Spent, n: int) -> Cost:
+        return cls(used.seconds, used.cpu * 1000 / n, used.server * 1000 / n)
+
 
 async def replay(url: str, transactions: list[Transaction], n: int) -> Cost:
     """The transactions in commit order on the database at ``url``, through asyncpg alone,
@@ -149,21 +152,18 @@ async def replay(url: str, transactions: list[Transaction], n: int) -> Cost:
                 if worker:
                     await conn.execute(f"SET ROLE {WORKER_ROLE}")
                 conns[backend, worker] = conn
-            server, cpu = server_cpu_seconds(), time.process_time()
-            started = time.perf_counter()
-            for transaction in transactions:
-                conn = conns[transaction.backend, transaction.worker]
-                async with conn.transaction():
-                    for sql, values, many in transaction.statements:
-                        if many:
-                            await conn.executemany(sql, values)
-                        else:
-                            await conn.fetch(sql, *values)
-            seconds = time.perf_counter() - started
-            cpu, server = time.process_time() - cpu, server_cpu_seconds() - server
+            with spent() as used:
+                for transaction in transactions:
+                    conn = conns[transaction.backend, transaction.worker]
+                    async with conn.transaction():
+                        for sql, values, many in transaction.statements:
+                            if many:
+                                await conn.executemany(sql, values)
+                            else:
+                                await conn.fetch(sql, *values)
     finally:
         await engine.dispose()
-    return Cost(seconds, cpu * 1000 / n, server * 1000 / n)
+    return Cost.of(used, n)
 
 
 async def completed(url: str) -> int:
@@ -254,20 +254,17 @@ async def one_round(
             settled = Settled()
             await settle_server(args.database_url)
             recorder.attach(runtime)
-            server, cpu = server_cpu_seconds(), time.process_time()
-            started = time.perf_counter()
-            await runtime.dispatcher.start()
-            if args.phase == "quiet":
-                await offer(runtime, org_ids, args.rate, n, _phone, lambda: settled.until(n))
-            elif not drain:
-                await enqueue_many(runtime, org_ids, n, _phone, args.producers)
-            await settled.until(n)
-            seconds = time.perf_counter() - started
-            cpu, server = time.process_time() - cpu, server_cpu_seconds() - server
+            with spent() as used:
+                await runtime.dispatcher.start()
+                if args.phase == "quiet":
+                    await offer(runtime, org_ids, args.rate, n, _phone, lambda: settled.until(n))
+                elif not drain:
+                    await enqueue_many(runtime, org_ids, n, _phone, args.producers)
+                await settled.until(n)
             recorder.detach(runtime)
         finally:
             await runtime.stop()
-        rows = [("service", Cost(seconds, cpu * 1000 / n, server * 1000 / n), await completed(url))]
+        rows = [("service", Cost.of(used, n), await completed(url))]
         # alternate which copy goes first from round to round
         order = list(copies.items())[:: 1 if round_number % 2 else -1]
         for who, copy in order:

@@ -1,13 +1,16 @@
 """What the benchmarks share: settings for an in-process runtime, percentiles, the process's
-resident memory, a scratch SQLite file."""
+resident memory, a scratch SQLite file, the time and CPU a block spent (``spent``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
+import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast, get_args
 
@@ -76,6 +79,31 @@ def server_cpu_seconds() -> float:
             fields = rest.split()
             ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Spent:
+    """What a block spent (``spent``): wall seconds, this process's CPU seconds and the
+    PostgreSQL server's (0 when not asked for)."""
+
+    seconds: float = 0.0
+    cpu: float = 0.0
+    server: float = 0.0
+
+
+@contextlib.contextmanager
+def spent(*, server: bool = True) -> Iterator[Spent]:
+    """Time the block: filled in when it ends. ``server``: read the PostgreSQL server's CPU
+    too (``server_cpu_seconds``; a scan of ``/proc`` at each end)."""
+    result = Spent()
+    server_before = server_cpu_seconds() if server else 0.0
+    cpu, started = time.process_time(), time.perf_counter()
+    try:
+        yield result
+    finally:
+        result.seconds = time.perf_counter() - started
+        result.cpu = time.process_time() - cpu
+        result.server = server_cpu_seconds() - server_before if server else 0.0
 
 
 def rss_bytes() -> int:

@@ -49,7 +49,7 @@ from harness import (
     make_settings,
     percentile,
     run,
-    server_cpu_seconds,
+    spent,
     sqlite_url,
 )
 from scratch import DEFAULT_PG, plain, scratch_database
@@ -218,16 +218,15 @@ async def timed(runtime: Runtime, n: int, into: list[Rate]) -> AsyncIterator[Non
     postgres = runtime.engines[0].dialect.name == "postgresql"
     for engine in engines:
         event.listen(engine, "before_cursor_execute", count)
-    server = server_cpu_seconds() if postgres else 0.0
-    started, cpu = time.perf_counter(), time.process_time()
     try:
-        yield
+        with spent(server=postgres) as used:
+            yield
     finally:
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-        server = server_cpu_seconds() - server if postgres else 0.0
         for engine in engines:
             event.remove(engine, "before_cursor_execute", count)
-    into.append(Rate(n / elapsed, cpu * 1000 / n, server * 1000 / n, statements[0] / n))
+    into.append(
+        Rate(n / used.seconds, used.cpu * 1000 / n, used.server * 1000 / n, statements[0] / n)
+    )
 
 
 async def drain(

@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import time
 
-from harness import run
+from harness import run, spent
 from latency import running
 from pipeline import Settled, link_orgs, offer
 from scratch import DEFAULT_PG, scratch_database
@@ -34,23 +33,22 @@ async def main(args: argparse.Namespace) -> None:
     ):
         org_ids = await link_orgs(runtime, args.orgs)
         settled = Settled()
-        started, cpu = time.perf_counter(), time.process_time()
-        await asyncio.sleep(2.0)
-        idle = (time.process_time() - cpu) / (time.perf_counter() - started)
+        with spent(server=False) as used:
+            await asyncio.sleep(2.0)
+        idle = used.cpu / used.seconds
         for k, rate in enumerate(rates):
             n = max(1, int(rate * args.seconds))
             done = settled.count()
-            started, cpu = time.perf_counter(), time.process_time()
-            await offer(
-                runtime,
-                org_ids,
-                rate,
-                n,
-                lambda i, k=k: f"+1{303 + k}555{i % 10000:04d}",
-                lambda n=n, done=done: settled.until(done + n),
-            )
-            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-            rows.append((rate, n, cpu / wall, cpu * 1000 / n))
+            with spent(server=False) as used:
+                await offer(
+                    runtime,
+                    org_ids,
+                    rate,
+                    n,
+                    lambda i, k=k: f"+1{303 + k}555{i % 10000:04d}",
+                    lambda n=n, done=done: settled.until(done + n),
+                )
+            rows.append((rate, n, used.cpu / used.seconds, used.cpu * 1000 / n))
     print()
     print(f"idle, 10 linked numbers: {idle:.1%} of one core")
     print()
