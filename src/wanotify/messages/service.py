@@ -430,26 +430,16 @@ async def _move_forward(
     t = MESSAGES
     dialect = db.get_bind().dialect.name
     types = {"at": UTCDateTime()}
-    if next(iter(times))[0] is None:  # the WhatsApp id alone (the first time, should one id
-        by_id: dict[str, tuple[datetime]] = {}  # come to two numbers at once)
+    any_number = next(iter(times))[0] is None
+    rows: dict[Any, tuple[datetime]] = {}
+    if any_number:  # the WhatsApp id alone (the first time, should one id come to two numbers)
+        keys = [t.c.whatsapp_message_id]
         for (_, wamid), at in times.items():
-            by_id.setdefault(wamid, (at,))
-        statement, params = keyed_statement(
-            dialect, [t.c.whatsapp_message_id], by_id, types, _forward, dialect, status
-        )
-        any_number = True
+            rows.setdefault(wamid, (at,))
     else:
+        keys = [t.c.session_id, t.c.whatsapp_message_id]
         rows = {key: (at,) for key, at in times.items()}
-        statement, params = keyed_statement(
-            dialect,
-            [t.c.session_id, t.c.whatsapp_message_id],
-            rows,
-            types,
-            _forward,
-            dialect,
-            status,
-        )
-        any_number = False
+    statement, params = keyed_statement(dialect, keys, rows, types, _forward, dialect, status)
     written = (await db.execute(statement, params)).all()
     if heard := _heard(dialect, written):
         await _emit_status(db, heard)
