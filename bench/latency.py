@@ -4,9 +4,13 @@ them, at a steady offered load (default 40/s, well below what the pipeline carri
     python bench/latency.py                  # PostgreSQL, 40/s for 8 s over 10 orgs
     python bench/latency.py --rate 200
     python bench/latency.py --sqlite
+    python bench/latency.py --rates 50,100,200,400,800   # the curve: up to which load the
+                                                         # targets (p50 ≤ 10, p99 ≤ 50 ms) hold
 
 Runs the real runtime in this process, as ``pipeline.py`` does (simulator without delays,
-pacing off), in a scratch database. Prints two tables:
+pacing off), in a scratch database. With ``--rates``, one table: each rate in turn on the same
+runtime, its end-to-end p50 and p99, whether both targets hold, and the CPU this process and
+the PostgreSQL server spent (share of one core). Otherwise two tables:
 
 - the end-to-end latency (scheduled enqueue → accepted by the simulated WhatsApp server), then
   the steps on that path, each timed around the runtime's own calls: ``enqueue`` (the enqueuer's
@@ -32,7 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from harness import make_settings, percentile, run, sqlite_url
+from harness import make_settings, percentile, run, spent, sqlite_url
 from pipeline import Settled, link_orgs, steady
 from scratch import DEFAULT_PG, scratch_database
 from sqlalchemy import event
@@ -145,18 +149,55 @@ async def measure(args: argparse.Namespace, database_url: str) -> None:
     )
 
 
+#: the issue's latency targets, end to end (scheduled enqueue → handed to the transport)
+P50_TARGET_MS, P99_TARGET_MS = 10.0, 50.0
+
+
+async def curve(args: argparse.Namespace, database_url: str) -> None:
+    """The latency at each offered rate, lowest first, on one runtime."""
+    async with running(database_url) as runtime:
+        org_ids = await link_orgs(runtime, args.orgs)
+        settled = Settled()
+        print(f"\n{args.orgs} orgs, {args.seconds:g} s at each rate\n")
+        print(
+            "| offered/s | achieved/s | p50 ms | p99 ms | targets met | "
+            "this process's CPU | server's CPU |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for block, rate in enumerate(args.rates, start=2):
+            with spent(server=not args.sqlite) as used:
+                latencies, achieved = await steady(
+                    runtime, org_ids, rate, args.seconds, settled, block=block
+                )
+            p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+            met = "yes" if p50 <= P50_TARGET_MS and p99 <= P99_TARGET_MS else "no"
+            print(
+                f"| {rate:,g} | {achieved:,.0f} | {p50:.1f} | {p99:.1f} | {met} | "
+                f"{used.cpu / used.seconds:.0%} | {used.server / used.seconds:.0%} |"
+            )
+    print(f"\nload average {os.getloadavg()[0]:.2f} (1 min)")
+
+
 async def main(args: argparse.Namespace) -> None:
+    job = curve if args.rates else measure
     if args.sqlite:
-        await measure(args, sqlite_url("wanotify-latency-"))
+        await job(args, sqlite_url("wanotify-latency-"))
         return
     async with scratch_database(args.database_url, "wanotify_latency") as url:
-        await measure(args, url)
+        await job(args, url)
+
+
+def rates(text: str) -> list[float]:
+    return sorted(float(r) for r in text.split(","))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default=DEFAULT_PG, help="PostgreSQL admin URL")
     parser.add_argument("--rate", type=float, default=40.0, help="notifications per second")
+    parser.add_argument(
+        "--rates", type=rates, help="comma-separated rates: the latency curve instead"
+    )
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--orgs", type=int, default=10)
     parser.add_argument("--sqlite", action="store_true", help="the embedded default instead")

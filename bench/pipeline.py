@@ -329,16 +329,23 @@ async def offer(
 
 
 async def steady(
-    runtime: Runtime, org_ids: list[uuid.UUID], rate: float, seconds: float, settled: Settled
+    runtime: Runtime,
+    org_ids: list[uuid.UUID],
+    rate: float,
+    seconds: float,
+    settled: Settled,
+    *,
+    block: int = 2,
 ) -> tuple[list[float], float]:
     """Offer ``rate``/s on a fixed schedule (open loop); latency per notification from its
     scheduled time to its acceptance by the simulated server. Returns latencies and the rate
-    actually achieved."""
+    actually achieved. ``block``: the recipients' numbers (``_phone``), new ones for each
+    call on the same runtime."""
     network = runtime.transport.network  # type: ignore[attr-defined]
     n = min(10_000, max(1, int(rate * seconds)))
     done = settled.count()
     scheduled, achieved = await offer(
-        runtime, org_ids, rate, n, lambda i: _phone(2, i), lambda: settled.until(done + n)
+        runtime, org_ids, rate, n, lambda i: _phone(block, i), lambda: settled.until(done + n)
     )
     latencies = []
     for phone, at in scheduled.items():
