@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import make_settings, percentile, run, spent, sqlite_url
-from pipeline import Settled, link_orgs, steady
+from pipeline import AREA_CODES, Settled, link_orgs, steady
 from scratch import DEFAULT_PG, scratch_database
 from sqlalchemy import event
 
@@ -188,7 +188,10 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def rates(text: str) -> list[float]:
-    return sorted(float(r) for r in text.split(","))
+    values = sorted(float(r) for r in text.split(","))
+    if len(values) > len(AREA_CODES) - 2:  # a block of recipients each, after pipeline's two
+        raise argparse.ArgumentTypeError(f"at most {len(AREA_CODES) - 2} rates")
+    return values
 
 
 if __name__ == "__main__":
