@@ -20,6 +20,7 @@ from tests.support import (
     enqueue,
     eventually,
     link_phone,
+    notification,
     session_status,
 )
 
@@ -42,12 +43,6 @@ def settings(settings: Settings) -> Settings:
     settings.ban_pause_seconds = 2.0
     settings.ban_detect_failures = 2
     return settings
-
-
-async def notification(client: httpx.AsyncClient, org: Org, nid: str) -> dict[str, Any]:
-    response = await client.get(f"/api/notifications/{nid}", headers=org.headers)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
 
 
 async def settled(client: httpx.AsyncClient, org: Org, nid: str, status: str) -> dict[str, Any]:
