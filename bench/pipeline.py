@@ -192,7 +192,8 @@ async def bounded(jobs: list[Callable[[], Awaitable[None]]], limit: int) -> None
 AREA_CODES = (202, 203, 204, 205, 206, 207, 208, 209, 210, 212, 213, 214, 215, 216, 217, 218)
 
 
-def _phone(block: int, n: int) -> str:
+def recipient(block: int, n: int) -> str:
+    """The ``n``-th recipient of ``block`` (up to 10,000 each, ``len(AREA_CODES)`` blocks)."""
     return f"+1{AREA_CODES[block]}555{n % 10000:04d}"
 
 
@@ -249,7 +250,7 @@ async def drain(
     rates: list[Rate] = []
     with profile.of("enqueue"):
         async with timed(runtime, n, rates):
-            await enqueue_many(runtime, org_ids, n, lambda i: _phone(0, i), producers)
+            await enqueue_many(runtime, org_ids, n, lambda i: recipient(0, i), producers)
     with profile.of("drain"):
         async with timed(runtime, n, rates):
             await runtime.dispatcher.start()
@@ -299,7 +300,7 @@ async def end_to_end(
     with profile.of("end-to-end"):
         async with timed(runtime, n, rates):
             done = settled.count()
-            await enqueue_many(runtime, org_ids, n, lambda i: _phone(1, i), producers)
+            await enqueue_many(runtime, org_ids, n, lambda i: recipient(1, i), producers)
             await settled.until(done + n)
     return rates[0]
 
@@ -344,13 +345,13 @@ async def steady(
 ) -> tuple[list[float], float]:
     """Offer ``rate``/s on a fixed schedule (open loop); latency per notification from its
     scheduled time to its acceptance by the simulated server. Returns latencies and the rate
-    actually achieved. ``block``: the recipients' numbers (``_phone``), new ones for each
+    actually achieved. ``block``: the recipients' numbers (``recipient``), new ones for each
     call on the same runtime."""
     network = runtime.transport.network  # type: ignore[attr-defined]
     n = min(10_000, max(1, int(rate * seconds)))
     done = settled.count()
     scheduled, achieved = await offer(
-        runtime, org_ids, rate, n, lambda i: _phone(block, i), lambda: settled.until(done + n)
+        runtime, org_ids, rate, n, lambda i: recipient(block, i), lambda: settled.until(done + n)
     )
     latencies = []
     for phone, at in scheduled.items():

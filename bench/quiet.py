@@ -20,7 +20,7 @@ import os
 
 from harness import run, spent
 from latency import running
-from pipeline import Settled, link_orgs, offer
+from pipeline import Settled, link_orgs, offer, recipient
 from scratch import DEFAULT_PG, scratch_database
 
 
@@ -45,7 +45,7 @@ async def main(args: argparse.Namespace) -> None:
                     org_ids,
                     rate,
                     n,
-                    lambda i, k=k: f"+1{303 + k}555{i % 10000:04d}",
+                    lambda i, k=k: recipient(k, i),
                     lambda n=n, done=done: settled.until(done + n),
                 )
             rows.append((rate, n, used.cpu / used.seconds, used.cpu * 1000 / n))
